@@ -1,0 +1,7 @@
+from typing import Any
+
+import jax
+
+Array = jax.Array
+PRNGKey = jax.Array
+ArrayTree = Any

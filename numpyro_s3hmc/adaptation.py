@@ -1,0 +1,95 @@
+"""Warmup: NumPyro's step-size and Welford adaptation, plus the θ-metric term.
+
+The step size is adapted by NumPyro's dual averaging and the Welford variance
+of θ by its windowed schedule (``numpyro.infer.hmc_util.warmup_adapter``, the
+only import of that undocumented module in this package). From the variance
+v_i of each θ element this module derives the constant diagonal term d_i of
+G_θ(η) = prior precision(η) + d (DESIGN.md §7):
+
+- ``param_metric="prior+data"`` (default): d_i = max(1/v_i − P̄_i, 0), with P̄_i
+  the mean prior precision over the same window: the "data precision" the
+  likelihood adds. For a prior-only funnel 1/v_i ≤ P̄_i by Jensen's inequality,
+  so d = 0 and the metric is the paper's.
+- ``param_metric="prior"``: the paper's choice, d_i = 0 for governed elements.
+
+Elements whose prior is not a hyperparameter-scaled ``Normal`` get d_i = 1/v_i,
+the usual diagonal mass matrix. d changes only at the end of a window, so each
+trajectory sees a fixed metric.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+
+from numpyro.infer.hmc_util import build_adaptation_schedule, warmup_adapter
+
+from numpyro_s3hmc._types import Array
+
+PARAM_METRICS = ("prior+data", "prior")
+
+
+class MetricAdaptState(NamedTuple):
+    data_precision: Array  # shape=(n_params,), d: constant term of G_θ
+    precision_mean: Array  # shape=(n_params,), mean prior precision this window
+    count: Array  # shape=(), dtype=int32, draws in precision_mean
+
+
+def metric_adapter(
+    num_warmup: int,
+    governed: Array,
+    *,
+    param_metric: str = "prior+data",
+    adapt_step_size: bool = True,
+    adapt_metric: bool = True,
+    target_accept_prob: float = 0.8,
+    find_reasonable_step_size: Callable | None = None,
+):
+    """Return ``(init_fn, update_fn)`` for the step size and the θ metric.
+
+    ``init_fn(z_info, rng_key, step_size)`` and
+    ``update_fn(i, accept_prob, z_info, prior_precision, wa_state, metric_state)``;
+    ``z_info[0]`` is θ (flat), the rest is passed to ``find_reasonable_step_size``.
+    """
+    if param_metric not in PARAM_METRICS:
+        raise ValueError(
+            f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}."
+        )
+    governed = jnp.asarray(governed, bool)
+    adapt_metric = adapt_metric and governed.size > 0
+    wa_init, wa_update = warmup_adapter(
+        num_warmup,
+        find_reasonable_step_size=find_reasonable_step_size,
+        adapt_step_size=adapt_step_size,
+        adapt_mass_matrix=adapt_metric,
+        dense_mass=False,
+        target_accept_prob=target_accept_prob,
+    )
+    num_windows = len(build_adaptation_schedule(num_warmup))
+
+    def init_fn(z_info, rng_key, step_size, data_precision):
+        wa_state = wa_init(
+            z_info, rng_key, step_size, mass_matrix_size=max(governed.size, 1)
+        )
+        zeros = jnp.zeros_like(data_precision)
+        return wa_state, MetricAdaptState(data_precision, zeros, jnp.int32(0))
+
+    def update_fn(i, accept_prob, z_info, prior_precision, wa_state, metric_state):
+        d, mean, count = metric_state
+        in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
+        count = jnp.where(in_window, count + 1, count)
+        mean = jnp.where(in_window, mean + (prior_precision - mean) / jnp.maximum(count, 1), mean)
+        new_wa_state = wa_update(i, accept_prob, z_info, wa_state)
+        if not adapt_metric:
+            return new_wa_state, MetricAdaptState(d, mean, count)
+        closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
+        posterior_precision = 1.0 / new_wa_state.inverse_mass_matrix
+        if param_metric == "prior+data":
+            extra = jnp.maximum(posterior_precision - mean, 0.0)
+        else:
+            extra = jnp.zeros_like(d)
+        d = jnp.where(closed, jnp.where(governed, extra, posterior_precision), d)
+        mean = jnp.where(closed, jnp.zeros_like(mean), mean)
+        count = jnp.where(closed, 0, count)
+        return new_wa_state, MetricAdaptState(d.astype(mean.dtype), mean, count)
+
+    return init_fn, update_fn

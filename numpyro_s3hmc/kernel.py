@@ -1,0 +1,402 @@
+"""The S3HMC transition: a pure step, and the NumPyro ``MCMCKernel`` around it."""
+
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import random
+
+from numpyro.infer.hmc_util import HMCAdaptState
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import initialize_model
+from numpyro.util import identity, is_prng_key
+
+from numpyro_s3hmc._types import Array, PRNGKey
+from numpyro_s3hmc.adaptation import MetricAdaptState, metric_adapter
+from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
+from numpyro_s3hmc.metrics import SemiSeparableMetric, hamiltonian, sample_momentum
+from numpyro_s3hmc.partition import (
+    SitePartition,
+    merge_z,
+    partition_sites,
+    prior_precision_fn,
+    split_z,
+)
+
+
+class TransitionInfo(NamedTuple):
+    accept_prob: Array  # shape=()
+    diverging: Array  # shape=(), dtype=bool
+    energy: Array  # shape=(), H of the returned state
+    num_steps: Array  # shape=(), dtype=int32, integrator steps taken
+    num_grad_evals: Array  # shape=(), dtype=int32, gradients of U
+    fixed_point_iters: Array  # shape=(), dtype=int32, most iterations of a solve
+
+
+def s3hmc_step(
+    rng_key: PRNGKey,
+    state: IntegratorState,
+    step_fn: Callable,
+    metric: SemiSeparableMetric,
+    step_size: Array,
+    num_steps: Array,
+    max_delta_energy: float = 1000.0,
+) -> tuple[IntegratorState, TransitionInfo]:
+    """One S3HMC transition from ``state`` (its momenta are ignored).
+
+    Draws r_θ ~ N(0, G_θ(η)) and r_η ~ N(0, G_η), runs ``num_steps`` steps of
+    ``step_fn`` (stopping early if a step fails), and accepts the end point with
+    probability min(1, exp(H₀ − H₁)). A failed step (non-finite energy, a fixed
+    point that does not converge, τ ≤ 0) or an energy error above
+    ``max_delta_energy`` is a divergence; a failed trajectory is rejected.
+    """
+    key_momentum, key_accept = random.split(rng_key)
+    r_theta, r_eta = sample_momentum(metric, key_momentum, state.eta, state.theta.size)
+    state = state._replace(r_theta=r_theta, r_eta=r_eta)
+    h0 = hamiltonian(metric, state.potential_energy, state.eta, r_theta, r_eta)
+
+    grads_per_step = []
+
+    def body(carry):
+        s, i, ok, iters = carry
+        s, info = step_fn(s, step_size)
+        grads_per_step.append(info.num_grad_evals)  # static, recorded at trace time
+        return s, i + 1, ok & info.ok, jnp.maximum(iters, info.fixed_point_iters)
+
+    def cond(carry):
+        _, i, ok, _ = carry
+        return (i < num_steps) & ok
+
+    init = (state, jnp.int32(0), jnp.bool_(True), jnp.int32(0))
+    proposal, steps, ok, iters = jax.lax.while_loop(cond, body, init)
+    h1 = hamiltonian(
+        metric, proposal.potential_energy, proposal.eta, proposal.r_theta, proposal.r_eta
+    )
+    delta = h1 - h0
+    ok = ok & jnp.isfinite(delta)
+    diverging = ~ok | (delta > max_delta_energy)
+    accept_prob = jnp.where(ok, jnp.clip(jnp.exp(-delta), 0.0, 1.0), 0.0)
+    accept = ok & (random.uniform(key_accept, dtype=h0.dtype) < accept_prob)
+    new_state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), proposal, state)
+    info = TransitionInfo(
+        accept_prob=accept_prob,
+        diverging=diverging,
+        energy=jnp.where(accept, h1, h0),
+        num_steps=steps,
+        num_grad_evals=steps * grads_per_step[0],
+        fixed_point_iters=iters,
+    )
+    return new_state, info
+
+
+class S3HMCState(NamedTuple):
+    """The kernel's state; NumPyro's field names wherever NumPyro has one."""
+
+    i: Array  # shape=(), dtype=int32, iteration (warmup included)
+    z: dict  # unconstrained latent values, by site
+    potential_energy: Array  # shape=(), U(z) = -log p(y, z) - log|J|
+    z_grad: dict  # ∂U/∂z, by site
+    energy: Array  # shape=(), H at the returned state
+    num_integrator_steps: Array  # shape=(), dtype=int32 (not "num_steps": see README)
+    num_grad_evals: Array  # shape=(), dtype=int32, gradients of U this transition
+    accept_prob: Array  # shape=()
+    mean_accept_prob: Array  # shape=(), over warmup or over sampling
+    diverging: Array  # shape=(), dtype=bool
+    fixed_point_iters: Array  # shape=(), dtype=int32 (implicit_alba only)
+    adapt_state: HMCAdaptState  # step_size, θ variance (NumPyro's)
+    metric_state: MetricAdaptState  # data precision d of G_θ
+    rng_key: PRNGKey
+
+
+class S3HMC(MCMCKernel):
+    """Semi-separable HMC for models with Gamma precision hyperpriors.
+
+    The kernel traces ``model`` to split its latent sites into parameters θ and
+    hyperparameters η = log τ (every ``Gamma`` site, see
+    :func:`~numpyro_s3hmc.partition_sites`), and samples both jointly with a
+    Riemannian metric: the prior precision of each parameter at the current τ
+    (plus an adapted constant), and the paper's c_l = Q_l/2 + α_l − 1 for the
+    log-precisions. Exact: every transition ends in a Metropolis-Hastings test
+    on the full Hamiltonian.
+
+    Parameters
+    ----------
+    model : a NumPyro model; its Gamma precisions are plain ``numpyro.sample``.
+    integrator : ``"splitting"`` (one gradient a step, default), ``"alba"``
+        (the paper's ALBA in log τ) or ``"implicit_alba"`` (ALBA in τ with the
+        implicit generalised leapfrog, as the paper writes it).
+    step_size : initial step size.
+    adapt_step_size, adapt_metric : adapt the step size (dual averaging) and
+        the constant term of the θ metric (Welford windows) during warmup.
+    target_accept_prob : target of the step-size adaptation.
+    trajectory_length : integration time; the number of steps is
+        ``ceil(trajectory_length * u / step_size)`` with u ~ U(0.5, 1.5).
+    num_steps : a fixed number of steps instead (no jitter).
+    max_num_steps : cap on the number of steps of one trajectory.
+    param_metric : ``"prior+data"`` (default) or ``"prior"`` (the paper's).
+    hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
+    init_strategy : a NumPyro init strategy.
+    integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
+        each ALBA block), ``fixed_point_tol``, ``fixed_point_max_iter``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import MCMC
+    >>> def model():
+    ...     tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+    ...     numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([10]))
+    >>> mcmc = MCMC(S3HMC(model), num_warmup=200, num_samples=200, progress_bar=False)
+    >>> mcmc.run(jax.random.PRNGKey(0))
+    >>> mcmc.get_samples()["x"].shape
+    (200, 10)
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        integrator: str = "splitting",
+        step_size: float = 1.0,
+        adapt_step_size: bool = True,
+        adapt_metric: bool = True,
+        target_accept_prob: float = 0.8,
+        trajectory_length: float = 2.0 * jnp.pi,
+        num_steps: int | None = None,
+        max_num_steps: int = 256,
+        param_metric: str = "prior+data",
+        hyper_sites: tuple | None = None,
+        count_observations: bool = True,
+        init_strategy: Callable = init_to_uniform,
+        integrator_kwargs: dict | None = None,
+    ):
+        if model is None or not callable(model):
+            raise ValueError("S3HMC needs a NumPyro model (a callable).")
+        if integrator not in INTEGRATORS:
+            raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}.")
+        if num_steps is not None and num_steps < 1:
+            raise ValueError("num_steps must be a positive integer.")
+        if trajectory_length <= 0:
+            raise ValueError("trajectory_length must be positive.")
+        self._model = model
+        self._integrator = integrator
+        self._step_size = float(step_size)
+        self._adapt_step_size = adapt_step_size
+        self._adapt_metric = adapt_metric
+        self._target_accept_prob = target_accept_prob
+        self._trajectory_length = float(trajectory_length)
+        self._num_steps = num_steps
+        self._max_num_steps = int(max_num_steps)
+        self._param_metric = param_metric
+        self._hyper_sites = hyper_sites
+        self._count_observations = count_observations
+        self._init_strategy = init_strategy
+        self._integrator_kwargs = dict(integrator_kwargs or {})
+        self._partition = None
+        self._potential_fn_gen = None
+        self._postprocess_fn = None
+        self._sample_fn = None
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def sample_field(self):
+        return "z"
+
+    @property
+    def default_fields(self):
+        # what ArviZ reads, collected without extra_fields=
+        return (
+            "z",
+            "diverging",
+            "potential_energy",
+            "energy",
+            "accept_prob",
+            "num_grad_evals",
+            "adapt_state.step_size",
+        )
+
+    @property
+    def partition(self) -> SitePartition | None:
+        """The blocks found at ``init`` (``None`` before)."""
+        return self._partition
+
+    def get_diagnostics_str(self, state):
+        return "{} steps of size {:.2e}. acc. prob={:.2f}".format(
+            state.num_integrator_steps, state.adapt_state.step_size, state.mean_accept_prob
+        )
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        if self._postprocess_fn is None:
+            return identity
+        return self._postprocess_fn(*model_args, **model_kwargs)
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        vectorized = not is_prng_key(rng_key)
+        if vectorized:
+            rng_key, key_init = jnp.swapaxes(jax.vmap(random.split)(rng_key), 0, 1)
+        else:
+            rng_key, key_init = random.split(rng_key)
+        new_params, self._potential_fn_gen, self._postprocess_fn, _ = initialize_model(
+            key_init,
+            self._model,
+            init_strategy=self._init_strategy,
+            dynamic_args=True,
+            model_args=model_args,
+            model_kwargs=model_kwargs,
+        )
+        if init_params is None:
+            init_params = new_params.z
+        self._partition = partition_sites(
+            self._model,
+            model_args,
+            model_kwargs,
+            hyper_sites=self._hyper_sites,
+            count_observations=self._count_observations,
+        )
+        self._num_warmup = num_warmup
+        governed = self._partition.governed_mask
+        self._adapt_init, self._adapt_update = metric_adapter(
+            num_warmup,
+            governed,
+            param_metric=self._param_metric,
+            adapt_step_size=self._adapt_step_size,
+            adapt_metric=self._adapt_metric,
+            target_accept_prob=self._target_accept_prob,
+        )
+        init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
+        self._sample_fn = self._sample_chain
+        if vectorized:
+            self._sample_fn = jax.vmap(self._sample_chain, in_axes=(0, None, None))
+            return jax.vmap(init_fn)(init_params, rng_key)
+        return init_fn(init_params, rng_key)
+
+    def _hamiltonian_parts(self, model_args, model_kwargs, data_precision, dtype):
+        partition = self._partition
+        potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
+        prior_precision = prior_precision_fn(self._model, partition, model_args, model_kwargs)
+        c = jnp.asarray(partition.hyper_precision, dtype)
+
+        def potential_and_grad(theta, eta):
+            u, grad = jax.value_and_grad(potential_fn)(merge_z(theta, eta, partition))
+            g_theta, g_eta = split_z(grad, partition)
+            return u, g_theta, g_eta
+
+        metric = SemiSeparableMetric(lambda eta: prior_precision(eta) + data_precision, c)
+        return potential_and_grad, metric, prior_precision
+
+    def _init_chain(self, z, rng_key, model_args, model_kwargs):
+        partition = self._partition
+        potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
+        pe, z_grad = jax.value_and_grad(potential_fn)(z)
+        theta, eta = split_z(z, partition)
+        dtype = jnp.result_type(theta, eta, pe)
+        governed = jnp.asarray(partition.governed_mask)
+        d0 = jnp.where(governed, 0.0, 1.0).astype(dtype)  # unit mass where ungoverned
+        rng_key, key_adapt = random.split(rng_key)
+        wa_state, metric_state = self._adapt_init((theta,), key_adapt, self._step_size, d0)
+        zero = jnp.zeros((), dtype)
+        return S3HMCState(
+            i=jnp.int32(0),
+            z=z,
+            potential_energy=pe,
+            z_grad=z_grad,
+            energy=pe,
+            num_integrator_steps=jnp.int32(0),
+            num_grad_evals=jnp.int32(0),
+            accept_prob=zero,
+            mean_accept_prob=zero,
+            diverging=jnp.bool_(False),
+            fixed_point_iters=jnp.int32(0),
+            adapt_state=wa_state._replace(rng_key=None),
+            metric_state=metric_state,
+            rng_key=rng_key,
+        )
+
+    def _trajectory_steps(self, rng_key, step_size):
+        if self._num_steps is not None:
+            return jnp.int32(self._num_steps)
+        u = random.uniform(rng_key, minval=0.5, maxval=1.5, dtype=jnp.result_type(step_size))
+        n = jnp.ceil(self._trajectory_length * u / step_size)
+        return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
+
+    def _sample_chain(self, state, model_args, model_kwargs):
+        partition = self._partition
+        theta, eta = split_z(state.z, partition)
+        g_theta, g_eta = split_z(state.z_grad, partition)
+        d = state.metric_state.data_precision
+        potential_and_grad, metric, prior_precision = self._hamiltonian_parts(
+            model_args, model_kwargs, d, theta.dtype
+        )
+        step_fn = build_integrator(
+            self._integrator, potential_and_grad, metric, **self._integrator_kwargs
+        )
+        rng_key, key_steps, key_transition = random.split(state.rng_key, 3)
+        step_size = state.adapt_state.step_size
+        start = IntegratorState(
+            theta, eta, theta, eta, state.potential_energy, g_theta, g_eta
+        )
+        new, info = s3hmc_step(
+            key_transition,
+            start,
+            step_fn,
+            metric,
+            step_size,
+            self._trajectory_steps(key_steps, step_size),
+        )
+
+        def adapt(args):
+            wa_state, metric_state = args
+            return self._adapt_update(
+                state.i,
+                info.accept_prob,
+                (new.theta,),
+                prior_precision(new.eta),
+                wa_state,
+                metric_state,
+            )
+
+        adapt_state, metric_state = jax.lax.cond(
+            state.i < self._num_warmup,
+            adapt,
+            identity,
+            (state.adapt_state, state.metric_state),
+        )
+        itr = state.i + 1
+        n = jnp.where(state.i < self._num_warmup, itr, itr - self._num_warmup)
+        mean_accept_prob = state.mean_accept_prob + (
+            info.accept_prob - state.mean_accept_prob
+        ) / n
+        return S3HMCState(
+            i=itr,
+            z=merge_z(new.theta, new.eta, partition),
+            potential_energy=new.potential_energy,
+            z_grad=merge_z(new.grad_theta, new.grad_eta, partition),
+            energy=info.energy,
+            num_integrator_steps=info.num_steps,
+            num_grad_evals=info.num_grad_evals,
+            accept_prob=info.accept_prob,
+            mean_accept_prob=mean_accept_prob,
+            diverging=info.diverging,
+            fixed_point_iters=info.fixed_point_iters,
+            adapt_state=adapt_state,
+            metric_state=metric_state,
+            rng_key=rng_key,
+        )
+
+    def sample(self, state, model_args, model_kwargs):
+        assert self._sample_fn is not None, "`init` must be called before `sample`."
+        return self._sample_fn(state, model_args, model_kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_sample_fn"] = None
+        state["_adapt_init"] = None
+        state["_adapt_update"] = None
+        return state
