@@ -19,6 +19,8 @@ trajectory sees a fixed metric.
 
 from typing import Callable, NamedTuple
 
+import numpy as np
+
 import jax.numpy as jnp
 
 from numpyro.infer.hmc_util import build_adaptation_schedule, warmup_adapter
@@ -54,7 +56,7 @@ def metric_adapter(
         raise ValueError(
             f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}."
         )
-    governed = jnp.asarray(governed, bool)
+    governed = np.asarray(governed, bool)  # static: init may run under pmap
     adapt_metric = adapt_metric and governed.size > 0
     wa_init, wa_update = warmup_adapter(
         num_warmup,

@@ -34,7 +34,6 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import seed, substitute, trace
-from numpyro.infer.initialization import init_to_median
 
 from numpyro_s3hmc._types import Array
 
@@ -221,7 +220,7 @@ def partition_sites(
     *,
     hyper_sites: tuple | None = None,
     count_observations: bool = True,
-    rng_key: Array | None = None,
+    seed: int = 0,
 ) -> SitePartition:
     """Trace ``model`` and split its latent sites into parameters and hyperparameters.
 
@@ -233,7 +232,7 @@ def partition_sites(
         (every latent ``Gamma`` site). Each must have positive support.
     count_observations : count the ``Normal`` observations an output precision
         scales in its Q_l (default), or not (the paper's Q = 0).
-    rng_key : key for tracing the model; ``PRNGKey(0)`` when omitted.
+    seed : seed of the random point at which dependencies are traced.
 
     Raises
     ------
@@ -253,10 +252,9 @@ def partition_sites(
     (('tau',), ('x',), 26.0)
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
-    rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
     with jax.ensure_compile_time_eval():
         return _partition(
-            model, model_args, model_kwargs, hyper_sites, count_observations, rng_key
+            model, model_args, model_kwargs, hyper_sites, count_observations, seed
         )
 
 
@@ -289,9 +287,30 @@ def _latent_and_observed(tr):
     return latent, observed
 
 
-def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, rng_key):
-    key_trace, key_median, key_point = jax.random.split(rng_key, 3)
-    tr = trace(seed(model, key_trace)).get_trace(*model_args, **model_kwargs)
+def _random_point(seed_value: int) -> Callable:
+    """A substitute_fn drawing each latent site uniformly in (-1, 1), unconstrained.
+
+    NumPy draws the point: JAX sampling may be staged into an enclosing trace
+    (``chain_method="parallel"`` calls ``init`` under ``pmap``), and the partition
+    needs concrete numbers.
+    """
+    rng = np.random.default_rng(seed_value)
+
+    def substitute_fn(site):
+        if site["type"] != "sample" or site["is_observed"]:
+            return None
+        transform = biject_to(site["fn"].support)
+        shape = site["fn"].shape(site["kwargs"].get("sample_shape", ()))
+        u = rng.uniform(-1.0, 1.0, size=transform.inverse_shape(shape))
+        return transform(jnp.asarray(u, dtype=jnp.result_type(float)))
+
+    return substitute_fn
+
+
+def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_value):
+    tr = trace(
+        substitute(seed(model, seed_value), substitute_fn=_random_point(seed_value))
+    ).get_trace(*model_args, **model_kwargs)
     latent, obs_names = _latent_and_observed(tr)
 
     if hyper_sites is None:
@@ -312,14 +331,7 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, rng_key)
                 )
     hyper = tuple(sorted(hyper))
     params = tuple(sorted(k for k in latent if k not in hyper))
-
-    # a point near the prior median, unconstrained, and a random perturbation of it
-    med = trace(
-        substitute(seed(model, key_median), substitute_fn=init_to_median(num_samples=15))
-    ).get_trace(*model_args, **model_kwargs)
-    z0 = {k: biject_to(med[k]["fn"].support).inv(med[k]["value"]) for k in latent}
-    keys = dict(zip(sorted(z0), jax.random.split(key_point, max(len(z0), 1))))
-    z0 = {k: v + 0.1 * jax.random.normal(keys[k], jnp.shape(v)) for k, v in z0.items()}
+    z0 = {k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latent.items()}
 
     theta0, unravel_theta = ravel_pytree({k: z0[k] for k in params})
     eta0, unravel_eta = ravel_pytree({k: z0[k] for k in hyper})
@@ -332,7 +344,7 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, rng_key)
         return lat, ob
 
     lat0, ob0 = precisions(theta0, eta0)
-    tangent = jax.random.normal(key_point, theta0.shape, theta0.dtype)
+    tangent = jnp.asarray(np.random.default_rng(seed_value + 1).normal(size=theta0.shape), theta0.dtype)
     _, (dlat_dtheta, dob_dtheta) = jax.jvp(
         lambda t: precisions(t, eta0), (theta0,), (tangent,)
     )
