@@ -243,6 +243,13 @@ class S3HMC(MCMCKernel):
             rng_key, key_init = jnp.swapaxes(jax.vmap(random.split)(rng_key), 0, 1)
         else:
             rng_key, key_init = random.split(rng_key)
+        self._partition = partition_sites(
+            self._model,
+            model_args,
+            model_kwargs,
+            hyper_sites=self._hyper_sites,
+            count_observations=self._count_observations,
+        )
         new_params, self._potential_fn_gen, self._postprocess_fn, _ = initialize_model(
             key_init,
             self._model,
@@ -253,13 +260,6 @@ class S3HMC(MCMCKernel):
         )
         if init_params is None:
             init_params = new_params.z
-        self._partition = partition_sites(
-            self._model,
-            model_args,
-            model_kwargs,
-            hyper_sites=self._hyper_sites,
-            count_observations=self._count_observations,
-        )
         self._num_warmup = num_warmup
         governed = self._partition.governed_mask
         self._adapt_init, self._adapt_update = metric_adapter(

@@ -299,6 +299,8 @@ def _random_point(seed_value: int) -> Callable:
     def substitute_fn(site):
         if site["type"] != "sample" or site["is_observed"]:
             return None
+        if site["fn"].support.is_discrete:  # reported by _latent_and_observed
+            return None
         transform = biject_to(site["fn"].support)
         shape = site["fn"].shape(site["kwargs"].get("sample_shape", ()))
         u = rng.uniform(-1.0, 1.0, size=transform.inverse_shape(shape))
