@@ -17,7 +17,8 @@ the usual diagonal mass matrix. d changes only at the end of a window, so each
 trajectory sees a fixed metric.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,9 +54,7 @@ def metric_adapter(
     ``z_info[0]`` is θ (flat), the rest is passed to ``find_reasonable_step_size``.
     """
     if param_metric not in PARAM_METRICS:
-        raise ValueError(
-            f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}."
-        )
+        raise ValueError(f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}.")
     governed = np.asarray(governed, bool)  # static: init may run under pmap
     adapt_metric = adapt_metric and governed.size > 0
     wa_init, wa_update = warmup_adapter(
@@ -69,9 +68,7 @@ def metric_adapter(
     num_windows = len(build_adaptation_schedule(num_warmup))
 
     def init_fn(z_info, rng_key, step_size, data_precision):
-        wa_state = wa_init(
-            z_info, rng_key, step_size, mass_matrix_size=max(governed.size, 1)
-        )
+        wa_state = wa_init(z_info, rng_key, step_size, mass_matrix_size=max(governed.size, 1))
         zeros = jnp.zeros_like(data_precision)
         return wa_state, MetricAdaptState(data_precision, zeros, jnp.int32(0))
 

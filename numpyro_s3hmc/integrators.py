@@ -34,7 +34,8 @@ Girolami, M. and Calderhead, B. (2011). Riemann manifold Langevin and
 Hamiltonian Monte Carlo methods. JRSS B.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,9 +82,7 @@ def _param_leapfrog(potential_and_grad, g_theta, state, h):
 
 def _hyper_force(metric, state):
     """∂V_η/∂η with V_η = U + ½log|G_θ(η)| + ½ r_θᵀG_θ(η)⁻¹r_θ."""
-    return state.grad_eta + jax.grad(coupling_energy, argnums=1)(
-        metric, state.eta, state.r_theta
-    )
+    return state.grad_eta + jax.grad(coupling_energy, argnums=1)(metric, state.eta, state.r_theta)
 
 
 def _hyper_leapfrog(potential_and_grad, metric, state, h):
@@ -125,20 +124,12 @@ def alba(
 
     def step(state: IntegratorState, step_size):
         if n_hyper == 0:  # no hyperparameters: plain leapfrog with G_θ fixed
-            state = _param_block(
-                potential_and_grad, metric, state, step_size, param_steps
-            )
+            state = _param_block(potential_and_grad, metric, state, step_size, param_steps)
             return state, StepInfo(param_steps, _finite(state), jnp.int32(0))
-        state = _param_block(
-            potential_and_grad, metric, state, 0.5 * step_size, param_steps
-        )
+        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
         for _ in range(hyper_steps):
-            state = _hyper_leapfrog(
-                potential_and_grad, metric, state, step_size / hyper_steps
-            )
-        state = _param_block(
-            potential_and_grad, metric, state, 0.5 * step_size, param_steps
-        )
+            state = _hyper_leapfrog(potential_and_grad, metric, state, step_size / hyper_steps)
+        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
         num_grads = 2 * param_steps + hyper_steps
         return state, StepInfo(num_grads, _finite(state), jnp.int32(0))
 
@@ -210,22 +201,16 @@ def implicit_alba(
 
     def step(state: IntegratorState, step_size):
         if n_hyper == 0:
-            return alba(potential_and_grad, metric, param_steps=param_steps)(
-                state, step_size
-            )
+            return alba(potential_and_grad, metric, param_steps=param_steps)(state, step_size)
         tol = fixed_point_tol
         if tol is None:
             tol = 1e-6 if state.eta.dtype == jnp.float32 else 1e-10
-        state = _param_block(
-            potential_and_grad, metric, state, 0.5 * step_size, param_steps
-        )
+        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
         ok, iters = jnp.bool_(True), jnp.int32(0)
         for _ in range(hyper_steps):
             state, ok_h, it_h = hyper_step(state, step_size / hyper_steps, tol)
             ok, iters = ok & ok_h, jnp.maximum(iters, it_h)
-        state = _param_block(
-            potential_and_grad, metric, state, 0.5 * step_size, param_steps
-        )
+        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
         num_grads = 2 * param_steps + hyper_steps
         return state, StepInfo(num_grads, ok & _finite(state), iters)
 

@@ -1,7 +1,8 @@
 """The S3HMC transition: a pure step, and the NumPyro ``MCMCKernel`` around it."""
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -227,9 +228,7 @@ class S3HMC(MCMCKernel):
         return self._partition
 
     def get_diagnostics_str(self, state):
-        return "{} steps of size {:.2e}. acc. prob={:.2f}".format(
-            state.num_integrator_steps, state.adapt_state.step_size, state.mean_accept_prob
-        )
+        return f"{state.num_integrator_steps} steps of size {state.adapt_state.step_size:.2e}. acc. prob={state.mean_accept_prob:.2f}"
 
     def postprocess_fn(self, model_args, model_kwargs):
         if self._postprocess_fn is None:
@@ -339,9 +338,7 @@ class S3HMC(MCMCKernel):
         )
         rng_key, key_steps, key_transition = random.split(state.rng_key, 3)
         step_size = state.adapt_state.step_size
-        start = IntegratorState(
-            theta, eta, theta, eta, state.potential_energy, g_theta, g_eta
-        )
+        start = IntegratorState(theta, eta, theta, eta, state.potential_energy, g_theta, g_eta)
         new, info = s3hmc_step(
             key_transition,
             start,
@@ -370,9 +367,7 @@ class S3HMC(MCMCKernel):
         )
         itr = state.i + 1
         n = jnp.where(state.i < self._num_warmup, itr, itr - self._num_warmup)
-        mean_accept_prob = state.mean_accept_prob + (
-            info.accept_prob - state.mean_accept_prob
-        ) / n
+        mean_accept_prob = state.mean_accept_prob + (info.accept_prob - state.mean_accept_prob) / n
         return S3HMCState(
             i=itr,
             z=merge_z(new.theta, new.eta, partition),

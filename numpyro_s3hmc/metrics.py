@@ -21,7 +21,8 @@ The kinetic terms use the *inverse* metric: the paper's eq. (5) writes
 :math:`G` instead, which gives a biased sampler (DESIGN.md §8).
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,7 @@ def sample_momentum(
     dtype = eta.dtype
     g_theta = metric.param_precision(eta)
     r_theta = jnp.sqrt(g_theta) * jax.random.normal(key_theta, (num_params,), dtype)
-    r_eta = jnp.sqrt(metric.hyper_precision) * jax.random.normal(
-        key_eta, jnp.shape(eta), dtype
-    )
+    r_eta = jnp.sqrt(metric.hyper_precision) * jax.random.normal(key_eta, jnp.shape(eta), dtype)
     return r_theta, r_eta
 
 

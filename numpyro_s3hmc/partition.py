@@ -22,7 +22,7 @@ the expected Fisher information of the Gamma prior in log τ, with a warning.
 
 import dataclasses
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -152,9 +152,7 @@ def substitute_unconstrained(model: Callable, z: dict) -> Callable:
 
 def site_precisions(model, model_args, model_kwargs, z, obs_names):
     """Prior precisions of the latent Normal sites and of the Normal observations."""
-    tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(
-        *model_args, **model_kwargs
-    )
+    tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(*model_args, **model_kwargs)
     latent = {}
     for name, value in z.items():
         p = _normal_precision(tr[name])
@@ -253,9 +251,7 @@ def partition_sites(
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
     with jax.ensure_compile_time_eval():
-        return _partition(
-            model, model_args, model_kwargs, hyper_sites, count_observations, seed
-        )
+        return _partition(model, model_args, model_kwargs, hyper_sites, count_observations, seed)
 
 
 def _latent_and_observed(tr):
@@ -346,10 +342,10 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
         return lat, ob
 
     lat0, ob0 = precisions(theta0, eta0)
-    tangent = jnp.asarray(np.random.default_rng(seed_value + 1).normal(size=theta0.shape), theta0.dtype)
-    _, (dlat_dtheta, dob_dtheta) = jax.jvp(
-        lambda t: precisions(t, eta0), (theta0,), (tangent,)
+    tangent = jnp.asarray(
+        np.random.default_rng(seed_value + 1).normal(size=theta0.shape), theta0.dtype
     )
+    _, (dlat_dtheta, dob_dtheta) = jax.jvp(lambda t: precisions(t, eta0), (theta0,), (tangent,))
     if eta0.size:
         dlat_deta, dob_deta = jax.jacfwd(lambda e: precisions(theta0, e))(eta0)
     else:
@@ -357,9 +353,7 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
         dob_deta = jnp.zeros((ob0.size, 0))
 
     is_normal = {k: _normal_precision(latent[k]) is not None for k in params}
-    normal_flat, _ = ravel_pytree(
-        {k: jnp.full(jnp.shape(z0[k]), is_normal[k]) for k in params}
-    )
+    normal_flat, _ = ravel_pytree({k: jnp.full(jnp.shape(z0[k]), is_normal[k]) for k in params})
     governed = (
         np.asarray(normal_flat, bool)
         & (np.asarray(dlat_dtheta) == 0)
@@ -367,8 +361,10 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
         & (np.asarray(lat0) > 0)
     )
     obs_normal, _ = ravel_pytree(
-        {k: jnp.full(jnp.shape(tr[k]["value"]), _normal_precision(tr[k]) is not None)
-         for k in obs_names}
+        {
+            k: jnp.full(jnp.shape(tr[k]["value"]), _normal_precision(tr[k]) is not None)
+            for k in obs_names
+        }
     )
     obs_governed = np.asarray(obs_normal, bool) & (np.asarray(dob_dtheta) == 0)
 
@@ -440,4 +436,3 @@ def _site_names(flags, names, values) -> tuple:
             out.append(k)
         offset += size
     return tuple(out)
-

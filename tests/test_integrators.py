@@ -29,9 +29,7 @@ def potential_and_grad(theta, eta):
 
 def make_metric(data_precision=0.7):
     c = jnp.array([N_PARAMS / 2 + ALPHA - 1])
-    return SemiSeparableMetric(
-        lambda eta: jnp.exp(eta[0]) * jnp.ones(N_PARAMS) + data_precision, c
-    )
+    return SemiSeparableMetric(lambda eta: jnp.exp(eta[0]) * jnp.ones(N_PARAMS) + data_precision, c)
 
 
 def initial_state():
@@ -53,9 +51,7 @@ def run(name, state, step_size, num_steps, **kwargs):
 
 
 def energy(state):
-    return hamiltonian(
-        make_metric(), state.potential_energy, state.eta, state.r_theta, state.r_eta
-    )
+    return hamiltonian(make_metric(), state.potential_energy, state.eta, state.r_theta, state.r_eta)
 
 
 TOL = {"fixed_point_tol": 1e-14}
@@ -148,4 +144,3 @@ def test_implicit_rejects_negative_tau():
     step = build_integrator("implicit_alba", potential_and_grad, make_metric())
     _, info = step(start, 3.0)
     assert not bool(info.ok)
-

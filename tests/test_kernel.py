@@ -195,7 +195,10 @@ def test_nan_likelihood_is_a_counted_divergence():
 
 def test_huge_initial_step_size_recovers():
     mcmc = MCMC(
-        S3HMC(regression, step_size=1e4), num_warmup=300, num_samples=100, progress_bar=False
+        S3HMC(regression, step_size=1e4),
+        num_warmup=300,
+        num_samples=100,
+        progress_bar=False,
     )
     mcmc.run(jax.random.PRNGKey(0), X, Y)
     f = mcmc.get_extra_fields()
@@ -205,7 +208,9 @@ def test_huge_initial_step_size_recovers():
 
 def test_fixed_point_failure_is_a_divergence():
     kernel = S3HMC(
-        regression, integrator="implicit_alba", integrator_kwargs={"fixed_point_max_iter": 1}
+        regression,
+        integrator="implicit_alba",
+        integrator_kwargs={"fixed_point_max_iter": 1},
     )
     mcmc = run(kernel, num_warmup=0, num_samples=20)
     f = mcmc.get_extra_fields()
