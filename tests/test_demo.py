@@ -1,0 +1,26 @@
+import os
+
+import pandas as pd
+
+from numpyro_s3hmc.demo import main
+
+
+def test_demo_runs_and_writes_outputs(tmp_path):
+    table = main(
+        [
+            "--num-warmup",
+            "30",
+            "--num-samples",
+            "30",
+            "--num-chains",
+            "1",
+            "--no-progress-bar",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.index) == ["S3HMC", "NUTS"]
+    assert (table["ESS/1k grads"] > 0).all()
+    for name in ("comparison.png", "comparison.csv", "s3hmc.nc", "nuts.nc"):
+        assert os.path.getsize(tmp_path / name) > 0
