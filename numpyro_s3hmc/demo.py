@@ -45,6 +45,7 @@ from numpyro_s3hmc.compare import compare_samplers, plot_comparison
 from numpyro_s3hmc.kernel import S3HMC
 
 FEATURES = ("bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
+GROUP_PRIOR = (2.0, 0.1)  # Gamma(concentration, rate) of tau_alpha and tau_beta
 
 
 def load_data() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
@@ -71,8 +72,8 @@ def load_data() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
 def model(x, group, num_groups: int, y=None):
     """The centred hierarchical regression of the module docstring."""
     num_features = x.shape[1]
-    tau_alpha = numpyro.sample("tau_alpha", dist.Gamma(2.0, 0.1))
-    tau_beta = numpyro.sample("tau_beta", dist.Gamma(2.0, 0.1))
+    tau_alpha = numpyro.sample("tau_alpha", dist.Gamma(*GROUP_PRIOR))
+    tau_beta = numpyro.sample("tau_beta", dist.Gamma(*GROUP_PRIOR))
     tau_y = numpyro.sample("tau_y", dist.Gamma(2.0, 1.0))
     alpha0 = numpyro.sample("alpha0", dist.Normal(0.0, 1.0))
     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([num_features]).to_event(1))

@@ -1,0 +1,425 @@
+"""Run several MCMC kernels on one model and compare their efficiency.
+
+:func:`compare_samplers` runs each kernel with NumPyro's ``MCMC`` on the same
+data, key and number of draws, converts each run with ``az.from_numpyro`` and
+returns a table (one row per sampler) and the InferenceData.
+:func:`plot_comparison` draws the table's efficiency columns and the trace and
+rank plots of the hyperparameters.
+
+What the time columns mean
+--------------------------
+JAX reports the time it spends tracing, lowering and compiling through
+``jax.monitoring`` (the ``/jax/core/compile/...`` events). The union of those
+intervals during a run is its **compile time**; the rest is sampling, model
+initialisation and bookkeeping.
+
+- ``wall (s)``: warmup plus sampling, everything included (``init``, tracing,
+  compiling, running).
+- ``compile (s)``: the part of the wall time spent by JAX tracing, lowering and
+  compiling, in both phases.
+- ``sampling (s)``: the post-warmup phase alone, minus its compile time: the
+  time the draws in the table cost once compiled. ``ESS/s`` divides by it.
+
+Gradient counts are the post-warmup gradient evaluations of the potential,
+summed over chains: S3HMC's ``num_grad_evals`` field, NumPyro HMC's and NUTS's
+``num_steps`` (one gradient per leapfrog step). Kernels with neither get NaN.
+"""
+
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from operator import attrgetter
+
+import arviz as az
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+import jax
+import jax.monitoring
+
+import numpyro.distributions as dist
+from numpyro.handlers import seed, trace
+from numpyro.infer import MCMC
+from numpyro.infer.mcmc import MCMCKernel
+
+__all__ = ["compare_samplers", "hyperparameter_sites", "plot_comparison"]
+
+# fields to collect when the kernel's state has them; the first gradient
+# counter found is used
+_GRAD_FIELDS = ("num_grad_evals", "num_steps", "hmc_state.num_steps")
+_STAT_FIELDS = (
+    "diverging",
+    "accept_prob",
+    "energy",
+    "potential_energy",
+    "adapt_state.step_size",
+)
+_COMPILE_EVENT_PREFIX = "/jax/core/compile/"
+HYPER_PREFIX = "ESS bulk "
+
+
+def _base_dist(fn):
+    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _model_sites(model: Callable, model_args: tuple, model_kwargs: dict) -> tuple[list, list]:
+    """Names of the latent sample sites of ``model`` and of its Gamma ones."""
+    tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    latent = [
+        name
+        for name, site in tr.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
+    gamma = [name for name in latent if isinstance(_base_dist(tr[name]["fn"]), dist.Gamma)]
+    return latent, gamma
+
+
+def hyperparameter_sites(model: Callable, *model_args, **model_kwargs) -> tuple[str, ...]:
+    """The latent ``Gamma`` sites of ``model``, in the order the model samples them.
+
+    This is how :func:`compare_samplers` finds the hyperparameters of a kernel
+    that is not S3HMC (an S3HMC kernel reports its own, ``kernel.partition.hyper``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpyro, numpyro.distributions as dist
+    >>> def model():
+    ...     tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+    ...     numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([3]))
+    >>> hyperparameter_sites(model)
+    ('tau',)
+    """
+    return tuple(_model_sites(model, model_args, model_kwargs)[1])
+
+
+class _CompileTimer:
+    """Wall time spent in JAX's tracing, lowering and compiling, as reported by
+    ``jax.monitoring`` (the union of the reported intervals, so nested traces
+    count once)."""
+
+    def __init__(self):
+        self.spans = []
+
+    def __call__(self, event, start_time, end_time, **kwargs):
+        if event.startswith(_COMPILE_EVENT_PREFIX):
+            self.spans.append((start_time, end_time))
+
+    def seconds(self, start: float = -np.inf, end: float = np.inf) -> float:
+        total, reach = 0.0, -np.inf
+        for a, b in sorted(self.spans):
+            a, b = max(a, start, reach), min(b, end)
+            if b > a:
+                total += b - a
+                reach = b
+        return total
+
+
+@contextmanager
+def _compile_timer():
+    timer = _CompileTimer()
+    jax.monitoring.register_event_time_span_listener(timer)
+    try:
+        yield timer
+    finally:
+        jax.monitoring.unregister_event_time_span_listener(timer)
+
+
+def _has_field(state, field: str) -> bool:
+    try:
+        attrgetter(field)(state)
+    except AttributeError:
+        return False
+    return True
+
+
+def _hyper_names(kernel: MCMCKernel, gamma_sites: list) -> list:
+    partition = getattr(kernel, "partition", None)
+    if partition is not None and getattr(partition, "hyper", None) is not None:
+        return list(partition.hyper)
+    return list(gamma_sites)
+
+
+def _min_over(ds) -> float:
+    values = [np.ravel(ds[name].values) for name in ds.data_vars]
+    return float(np.min(np.concatenate(values))) if values else np.nan
+
+
+def _max_over(ds) -> float:
+    values = [np.ravel(ds[name].values) for name in ds.data_vars]
+    return float(np.max(np.concatenate(values))) if values else np.nan
+
+
+def _round_sig(x: float, digits: int = 3) -> float:
+    if not np.isfinite(x) or x == 0:
+        return x
+    return float(np.round(x, digits - 1 - int(np.floor(np.log10(abs(x))))))
+
+
+def _round_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Round each column to the precision it can be read at."""
+    out = table.copy()
+    for col in out.columns:
+        if col.endswith("(s)"):
+            out[col] = out[col].round(1)
+        elif col in ("ESS/s", "ESS/1k grads", "grads/draw"):
+            out[col] = out[col].map(_round_sig)
+        elif col == "max R-hat":
+            out[col] = out[col].round(3)
+        elif col.startswith(("min ESS", HYPER_PREFIX)) or col in ("divergences", "grad evals"):
+            out[col] = out[col].round().astype("Int64")
+    return out
+
+
+def compare_samplers(
+    kernels: Mapping[str, MCMCKernel],
+    *model_args,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 2,
+    rng_key: jax.Array | None = None,
+    chain_method: str = "sequential",
+    progress_bar: bool = True,
+    **model_kwargs,
+) -> tuple[pd.DataFrame, dict[str, az.InferenceData]]:
+    """Run each kernel on the same model arguments and tabulate its efficiency.
+
+    Every kernel gets its own ``MCMC`` with the same settings and the same
+    ``rng_key``; warmup (``MCMC.warmup``) and sampling (``MCMC.run``) are timed
+    separately. Each run is converted with ``az.from_numpyro``.
+
+    Parameters
+    ----------
+    kernels : a mapping from a sampler's name to an unused ``MCMCKernel``
+        built from a model, e.g. ``{"S3HMC": S3HMC(model), "NUTS": NUTS(model)}``.
+    *model_args, **model_kwargs : the model's arguments (data), the same for all.
+    num_warmup, num_samples, num_chains, chain_method : passed to ``MCMC``.
+    rng_key : the key of every run (default ``jax.random.PRNGKey(0)``).
+    progress_bar : NumPyro's progress bars, and one line per sampler when done.
+
+    Returns
+    -------
+    table : ``pandas.DataFrame``, one row per sampler (index ``sampler``), rounded
+        for reading. Columns:
+
+        - ``wall (s)``, ``compile (s)``, ``sampling (s)``: see the module
+          docstring; warmup is in the wall time only.
+        - ``min ESS bulk``, ``min ESS tail``: the smallest ``az.ess`` over every
+          element of every latent sample site (deterministic sites excluded).
+        - ``ESS/s``: min bulk ESS / sampling time.
+        - ``grad evals``: post-warmup gradient evaluations, all chains;
+          ``grads/draw`` per draw.
+        - ``ESS/1k grads``: min bulk ESS per 1,000 post-warmup gradients.
+        - ``max R-hat``: the largest ``az.rhat`` over the same elements.
+        - ``divergences``: post-warmup, all chains.
+        - ``ESS bulk <site>``: for each hyperparameter (S3HMC's
+          ``kernel.partition.hyper``, otherwise every latent ``Gamma`` site), its
+          smallest bulk ESS over elements.
+
+        ``table.attrs["hyper"]`` lists the hyperparameter sites.
+    idatas : ``{name: arviz.InferenceData}``, with the sample_stats of the
+        collected fields (``lp``, ``acceptance_rate``, ``diverging``,
+        ``energy``, ``step_size`` and the gradient counter).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import NUTS
+    >>> from numpyro_s3hmc import S3HMC
+    >>> def funnel():
+    ...     tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+    ...     numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([50]))
+    >>> table, idatas = compare_samplers(
+    ...     {"S3HMC": S3HMC(funnel), "NUTS": NUTS(funnel)}
+    ... )  # doctest: +SKIP
+    >>> print(table.T)  # doctest: +SKIP
+    """
+    if not kernels:
+        raise ValueError("kernels must name at least one MCMCKernel.")
+    rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    rows, idatas, all_hyper = {}, {}, []
+    for name, kernel in kernels.items():
+        if progress_bar:
+            print(f"[compare] {name}: {num_warmup} warmup + {num_samples} draws x {num_chains} chains")
+        mcmc = MCMC(
+            kernel,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            chain_method=chain_method,
+            progress_bar=progress_bar,
+        )
+        with _compile_timer() as timer:
+            t0 = time.time()
+            mcmc.warmup(rng_key, *model_args, collect_warmup=False, **model_kwargs)
+            jax.block_until_ready(mcmc.post_warmup_state)
+            t1 = time.time()
+            state = mcmc.post_warmup_state
+            grad_field = next((f for f in _GRAD_FIELDS if _has_field(state, f)), None)
+            fields = tuple(f for f in _STAT_FIELDS if _has_field(state, f))
+            fields += (grad_field,) if grad_field else ()
+            mcmc.run(state.rng_key, *model_args, extra_fields=fields, **model_kwargs)
+            jax.block_until_ready((mcmc.last_state, mcmc.get_samples(), mcmc.get_extra_fields()))
+            t2 = time.time()
+        compile_total = timer.seconds(t0, t2)
+        sampling = (t2 - t1) - timer.seconds(t1, t2)
+
+        idata = az.from_numpyro(mcmc)
+        idatas[name] = idata
+        latent, gamma = _model_sites(kernel.model, model_args, model_kwargs)
+        latent = [v for v in latent if v in idata.posterior.data_vars]
+        hyper = [v for v in _hyper_names(kernel, gamma) if v in idata.posterior.data_vars]
+        all_hyper += [h for h in hyper if h not in all_hyper]
+
+        posterior = idata.posterior[latent]
+        ess_bulk = az.ess(posterior, method="bulk")
+        min_bulk = _min_over(ess_bulk)
+        extra = mcmc.get_extra_fields()
+        grads = float(np.sum(extra[grad_field])) if grad_field else np.nan
+        divergences = float(np.sum(extra["diverging"])) if "diverging" in extra else np.nan
+        row = {
+            "wall (s)": t2 - t0,
+            "compile (s)": compile_total,
+            "sampling (s)": sampling,
+            "min ESS bulk": min_bulk,
+            "min ESS tail": _min_over(az.ess(posterior, method="tail")),
+            "ESS/s": min_bulk / sampling,
+            "grad evals": grads,
+            "grads/draw": grads / (num_samples * num_chains),
+            "ESS/1k grads": 1000.0 * min_bulk / grads,
+            "max R-hat": _max_over(az.rhat(posterior)),
+            "divergences": divergences,
+        }
+        for h in hyper:
+            row[HYPER_PREFIX + h] = float(np.min(ess_bulk[h].values))
+        rows[name] = row
+        if progress_bar:
+            print(
+                f"[compare] {name}: {row['wall (s)']:.1f} s wall ({compile_total:.1f} s compiling), "
+                f"min bulk ESS {min_bulk:.0f}, {row['grads/draw']:.1f} gradients a draw, "
+                f"{divergences:.0f} divergences"
+            )
+
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "sampler"
+    hyper_cols = [HYPER_PREFIX + h for h in all_hyper]
+    table = _round_table(table[[c for c in table.columns if c not in hyper_cols] + hyper_cols])
+    table.attrs["hyper"] = tuple(all_hyper)
+    return table, idatas
+
+
+def _hyper_elements(idata: az.InferenceData, name: str) -> list[tuple[str, np.ndarray]]:
+    """(label, draws of shape (chain, draw)) for each element of a posterior site."""
+    values = idata.posterior[name].values
+    flat = values.reshape(values.shape[:2] + (-1,))
+    if values.ndim == 2:
+        return [(name, flat[..., 0])]
+    return [
+        (f"{name}[{','.join(map(str, idx))}]", flat[..., i])
+        for i, idx in enumerate(np.ndindex(values.shape[2:]))
+    ]
+
+
+def _rank_plot(ax, draws: np.ndarray, bins: int) -> None:
+    """ArviZ's rank plot (bars): a histogram of each chain's ranks in the pooled
+    draws; uniform when the chains mix."""
+    num_chains = draws.shape[0]
+    ranks = np.argsort(np.argsort(draws, axis=None)).reshape(draws.shape)
+    edges = np.linspace(0, draws.size, bins + 1)
+    expected = draws.shape[1] / bins
+    for c in range(num_chains):
+        counts, _ = np.histogram(ranks[c], bins=edges)
+        offset = c * 1.6 * expected
+        ax.bar(
+            edges[:-1],
+            counts,
+            width=np.diff(edges),
+            bottom=offset,
+            align="edge",
+            color=f"C{c}",
+            alpha=0.8,
+            edgecolor="white",
+            linewidth=0.3,
+        )
+        ax.axhline(offset + expected, color="k", linestyle="--", linewidth=0.6)
+    ax.set_yticks([c * 1.6 * expected + expected / 2 for c in range(num_chains)])
+    ax.set_yticklabels([str(c) for c in range(num_chains)])
+    ax.set_ylabel("chain")
+    ax.set_xlabel("rank (all chains)")
+
+
+def _bar(ax, table: pd.DataFrame, column: str, title: str) -> None:
+    values = table[column].astype(float).to_numpy()
+    bars = ax.bar(table.index.astype(str), values, color=[f"C{i}" for i in range(len(table))])
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2)
+    ax.set_title(title)
+    ax.set_ylabel(column)
+    ax.margins(y=0.15)
+
+
+def plot_comparison(
+    table: pd.DataFrame,
+    idatas: Mapping[str, az.InferenceData],
+    hyper: list[str] | tuple[str, ...] | None = None,
+) -> Figure:
+    """The comparison as one figure.
+
+    Top row: min bulk ESS per second of sampling and per 1,000 gradient
+    evaluations, one bar per sampler. Below: one row per hyperparameter element
+    and, for each sampler side by side, its trace (one line per chain) and rank
+    plot (histograms of each chain's ranks among all draws, roughly flat when the
+    chains mix; the dashed lines are the uniform level).
+
+    Parameters
+    ----------
+    table, idatas : what :func:`compare_samplers` returns.
+    hyper : the sites to plot (default ``table.attrs["hyper"]``, or the sites of
+        the ``ESS bulk <site>`` columns).
+
+    Returns
+    -------
+    a ``matplotlib.figure.Figure`` made without pyplot (safe on any backend;
+    save it with ``fig.savefig``).
+    """
+    if hyper is None:
+        hyper = table.attrs.get("hyper") or [
+            c[len(HYPER_PREFIX) :] for c in table.columns if c.startswith(HYPER_PREFIX)
+        ]
+    names = [n for n in table.index if n in idatas]
+    rows = []  # (label, {sampler: draws})
+    for h in hyper:
+        per_sampler = {
+            n: dict(_hyper_elements(idatas[n], h)) for n in names if h in idatas[n].posterior
+        }
+        labels = next((list(d) for d in per_sampler.values()), [])
+        rows += [(label, {n: d[label] for n, d in per_sampler.items()}) for label in labels]
+
+    ncols = 2 * max(len(names), 1)
+    fig = Figure(figsize=(3.2 * ncols, 3.2 + 2.4 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(rows), ncols, height_ratios=[1.3] + [1.0] * len(rows))
+    half = ncols // 2
+    _bar(fig.add_subplot(grid[0, :half]), table, "ESS/s", "min bulk ESS per second of sampling")
+    _bar(fig.add_subplot(grid[0, half:]), table, "ESS/1k grads", "min bulk ESS per 1,000 gradients")
+
+    for r, (label, draws_by_sampler) in enumerate(rows, start=1):
+        for j, name in enumerate(names):
+            ax_trace = fig.add_subplot(grid[r, 2 * j])
+            ax_rank = fig.add_subplot(grid[r, 2 * j + 1])
+            if name not in draws_by_sampler:
+                for ax in (ax_trace, ax_rank):
+                    ax.set_axis_off()
+                continue
+            draws = draws_by_sampler[name]
+            for c in range(draws.shape[0]):
+                ax_trace.plot(draws[c], color=f"C{c}", linewidth=0.5, alpha=0.8)
+            ax_trace.set_title(f"{name}: {label}")
+            ax_trace.set_xlabel("draw")
+            bins = int(np.clip(draws.shape[1] // 25, 2, 20))
+            _rank_plot(ax_rank, draws, bins)
+            ax_rank.set_title(f"{name}: {label} ranks")
+    return fig
+
