@@ -3,4 +3,4 @@
 from numpyro_s3hmc.demo import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

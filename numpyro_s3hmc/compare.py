@@ -40,8 +40,11 @@ import jax.monitoring
 
 import numpyro.distributions as dist
 from numpyro.handlers import seed, trace
-from numpyro.infer import MCMC
+from numpyro.infer import HMC, MCMC, NUTS
+from numpyro.infer.hmc import HMCState
 from numpyro.infer.mcmc import MCMCKernel
+
+from numpyro_s3hmc.kernel import S3HMC, S3HMCState
 
 __all__ = ["compare_samplers", "hyperparameter_sites", "plot_comparison"]
 
@@ -69,9 +72,7 @@ def _model_sites(model: Callable, model_args: tuple, model_kwargs: dict) -> tupl
     """Names of the latent sample sites of ``model`` and of its Gamma ones."""
     tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
     latent = [
-        name
-        for name, site in tr.items()
-        if site["type"] == "sample" and not site["is_observed"]
+        name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]
     ]
     gamma = [name for name in latent if isinstance(_base_dist(tr[name]["fn"]), dist.Gamma)]
     return latent, gamma
@@ -136,6 +137,26 @@ def _has_field(state, field: str) -> bool:
     return True
 
 
+def _known_state_fields(kernel: MCMCKernel) -> Callable[[str], bool] | None:
+    """Whether a field exists in the kernel's state, for the kernels whose state
+    type is known before ``init`` (S3HMC, NumPyro's HMC and NUTS); else None."""
+    if isinstance(kernel, S3HMC):
+        names = S3HMCState._fields
+    elif type(kernel) in (HMC, NUTS):  # not subclasses such as HMCECS: other states
+        names = HMCState._fields
+    else:
+        return None
+    return lambda field: field.split(".")[0] in names
+
+
+def _fields_to_collect(has_field: Callable[[str], bool] | None) -> tuple[str, ...] | None:
+    if has_field is None:
+        return None
+    grad_field = next((f for f in _GRAD_FIELDS if has_field(f)), None)
+    fields = tuple(f for f in _STAT_FIELDS if has_field(f))
+    return fields + ((grad_field,) if grad_field else ())
+
+
 def _hyper_names(kernel: MCMCKernel, gamma_sites: list) -> list:
     partition = getattr(kernel, "partition", None)
     if partition is not None and getattr(partition, "hyper", None) is not None:
@@ -163,9 +184,7 @@ def _round_table(table: pd.DataFrame) -> pd.DataFrame:
     """Round each column to the precision it can be read at."""
     out = table.copy()
     for col in out.columns:
-        if col.endswith("(s)"):
-            out[col] = out[col].round(1)
-        elif col in ("ESS/s", "ESS/1k grads", "grads/draw"):
+        if col.endswith("(s)") or col in ("ESS/s", "ESS/1k grads", "grads/draw"):
             out[col] = out[col].map(_round_sig)
         elif col == "max R-hat":
             out[col] = out[col].round(3)
@@ -213,7 +232,8 @@ def compare_samplers(
         - ``grad evals``: post-warmup gradient evaluations, all chains;
           ``grads/draw`` per draw.
         - ``ESS/1k grads``: min bulk ESS per 1,000 post-warmup gradients.
-        - ``max R-hat``: the largest ``az.rhat`` over the same elements.
+        - ``max R-hat``: the largest ``az.rhat`` over the same elements (NaN
+          with one chain: ArviZ needs two).
         - ``divergences``: post-warmup, all chains.
         - ``ESS bulk <site>``: for each hyperparameter (S3HMC's
           ``kernel.partition.hyper``, otherwise every latent ``Gamma`` site), its
@@ -244,7 +264,9 @@ def compare_samplers(
     rows, idatas, all_hyper = {}, {}, []
     for name, kernel in kernels.items():
         if progress_bar:
-            print(f"[compare] {name}: {num_warmup} warmup + {num_samples} draws x {num_chains} chains")
+            print(
+                f"[compare] {name}: {num_warmup} warmup + {num_samples} draws x {num_chains} chains"
+            )
         mcmc = MCMC(
             kernel,
             num_warmup=num_warmup,
@@ -253,18 +275,26 @@ def compare_samplers(
             chain_method=chain_method,
             progress_bar=progress_bar,
         )
+        # the same fields in both phases, so that NumPyro reuses the compiled step
+        fields = _fields_to_collect(_known_state_fields(kernel))
         with _compile_timer() as timer:
             t0 = time.time()
-            mcmc.warmup(rng_key, *model_args, collect_warmup=False, **model_kwargs)
+            mcmc.warmup(
+                rng_key,
+                *model_args,
+                extra_fields=fields or (),
+                collect_warmup=False,
+                **model_kwargs,
+            )
             jax.block_until_ready(mcmc.post_warmup_state)
             t1 = time.time()
             state = mcmc.post_warmup_state
-            grad_field = next((f for f in _GRAD_FIELDS if _has_field(state, f)), None)
-            fields = tuple(f for f in _STAT_FIELDS if _has_field(state, f))
-            fields += (grad_field,) if grad_field else ()
+            if fields is None:  # an unknown kernel: read its state
+                fields = _fields_to_collect(lambda f: _has_field(state, f))
             mcmc.run(state.rng_key, *model_args, extra_fields=fields, **model_kwargs)
             jax.block_until_ready((mcmc.last_state, mcmc.get_samples(), mcmc.get_extra_fields()))
             t2 = time.time()
+        grad_field = next((f for f in _GRAD_FIELDS if f in fields), None)
         compile_total = timer.seconds(t0, t2)
         sampling = (t2 - t1) - timer.seconds(t1, t2)
 
@@ -355,7 +385,9 @@ def _rank_plot(ax, draws: np.ndarray, bins: int) -> None:
 def _bar(ax, table: pd.DataFrame, column: str, title: str) -> None:
     values = table[column].astype(float).to_numpy()
     bars = ax.bar(table.index.astype(str), values, color=[f"C{i}" for i in range(len(table))])
-    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2)
+    ax.bar_label(
+        bars, labels=[f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" for v in values], padding=2
+    )
     ax.set_title(title)
     ax.set_ylabel(column)
     ax.margins(y=0.15)
@@ -422,4 +454,3 @@ def plot_comparison(
             _rank_plot(ax_rank, draws, bins)
             ax_rank.set_title(f"{name}: {label} ranks")
     return fig
-

@@ -1,30 +1,30 @@
 """Example: S3HMC against NUTS on a centred hierarchical regression.
 
 The data are scikit-learn's bundled diabetes data (442 patients, no download):
-disease progression after one year, regressed on eight standardised
-measurements (bmi, blood pressure, six blood serum values), with a separate
-intercept and slope vector for each of eight groups (age quartile x sex). The
-group-level coefficients are **centred** on the population ones and share a
-Gamma precision, as is the output noise:
+disease progression after one year, regressed on six standardised measurements
+(bmi, blood pressure and the serum values s1, s3, s5, s6), with an intercept and
+a slope vector for each of eight groups (age quartile x sex). The group-level
+coefficients are **centred** on the population ones, each kind with a Gamma
+precision, and so is the output noise::
 
-.. math::
+    tau_alpha, tau_beta ~ Gamma(1, 0.01)      (mean 100: group sd about 0.1)
+    tau_y               ~ Gamma(2, 1)
+    alpha0, mu[p]       ~ Normal(0, 1)
+    alpha[g]            ~ Normal(alpha0, 1/sqrt(tau_alpha))
+    beta[g, p]          ~ Normal(mu[p], 1/sqrt(tau_beta))
+    y[i]                ~ Normal(alpha[g_i] + x[i] . beta[g_i], 1/sqrt(tau_y))
 
-    \\tau_\\alpha, \\tau_\\beta \\sim \\mathrm{Gamma}(2, 0.1),\\quad
-    \\tau_y \\sim \\mathrm{Gamma}(2, 1),\\quad
-    \\alpha_0, \\mu_p \\sim N(0, 1),
-
-    \\alpha_g \\sim N(\\alpha_0, \\tau_\\alpha^{-1/2}),\\quad
-    \\beta_{g,p} \\sim N(\\mu_p, \\tau_\\beta^{-1/2}),\\quad
-    y_i \\sim N(\\alpha_{g_i} + x_i^\\top \\beta_{g_i}, \\tau_y^{-1/2}).
-
-The groups differ little, so the posterior puts τ_α and τ_β high, where the
-centred coefficients are squeezed together: the funnel that NUTS meets in
-centred hierarchical models. S3HMC samples the same centred model unchanged.
+The groups differ little, so the posterior of tau_beta reaches into the
+hundreds, where the centred coefficients are squeezed together: the funnel that
+NUTS meets in centred hierarchical models. S3HMC samples the same centred model
+unchanged.
 
 Run ``s3hmc-demo`` or ``python -m numpyro_s3hmc`` (``--help`` for the flags). It
-prints the table of :func:`~numpyro_s3hmc.compare.compare_samplers`, and writes
-the figure of :func:`~numpyro_s3hmc.compare.plot_comparison` and each sampler's
-InferenceData (NetCDF) to ``--output-dir``.
+prints the table of :func:`~numpyro_s3hmc.compare.compare_samplers` and writes
+to ``--output-dir`` the figure of :func:`~numpyro_s3hmc.compare.plot_comparison`
+(``comparison.png``), the table (``comparison.csv``) and each sampler's
+InferenceData as NetCDF (``s3hmc.nc``, ``nuts.nc``). With the defaults it takes
+about a minute on 2 CPU cores, most of it compiling.
 """
 
 import argparse
@@ -44,14 +44,15 @@ from numpyro.infer import NUTS
 from numpyro_s3hmc.compare import compare_samplers, plot_comparison
 from numpyro_s3hmc.kernel import S3HMC
 
-FEATURES = ("bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
-GROUP_PRIOR = (2.0, 0.1)  # Gamma(concentration, rate) of tau_alpha and tau_beta
+# s2 (LDL) and s4 (TC/HDL) are left out: s2 is 0.9 correlated with s1, and the
+# collinearity, not the hierarchy, would then set the ESS of both samplers
+FEATURES = ("bmi", "bp", "s1", "s3", "s5", "s6")
 
 
 def load_data() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Standardised diabetes data: ``(x, group, num_groups, y)``.
 
-    ``x`` (442, 8) and ``y`` (442,) have mean 0 and standard deviation 1; the
+    ``x`` (442, 6) and ``y`` (442,) have mean 0 and standard deviation 1; the
     group of a patient is ``2 * age_quartile + sex`` (eight groups).
     """
     from sklearn.datasets import load_diabetes
@@ -72,8 +73,8 @@ def load_data() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
 def model(x, group, num_groups: int, y=None):
     """The centred hierarchical regression of the module docstring."""
     num_features = x.shape[1]
-    tau_alpha = numpyro.sample("tau_alpha", dist.Gamma(*GROUP_PRIOR))
-    tau_beta = numpyro.sample("tau_beta", dist.Gamma(*GROUP_PRIOR))
+    tau_alpha = numpyro.sample("tau_alpha", dist.Gamma(1.0, 0.01))
+    tau_beta = numpyro.sample("tau_beta", dist.Gamma(1.0, 0.01))
     tau_y = numpyro.sample("tau_y", dist.Gamma(2.0, 1.0))
     alpha0 = numpyro.sample("alpha0", dist.Normal(0.0, 1.0))
     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([num_features]).to_event(1))
@@ -81,7 +82,8 @@ def model(x, group, num_groups: int, y=None):
         "alpha", dist.Normal(alpha0, 1 / jnp.sqrt(tau_alpha)).expand([num_groups]).to_event(1)
     )
     beta = numpyro.sample(
-        "beta", dist.Normal(mu, 1 / jnp.sqrt(tau_beta)).expand([num_groups, num_features]).to_event(2)
+        "beta",
+        dist.Normal(mu, 1 / jnp.sqrt(tau_beta)).expand([num_groups, num_features]).to_event(2),
     )
     assert beta.shape == (num_groups, num_features)
     mean = alpha[group] + jnp.sum(x * beta[group], axis=-1)
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Compare S3HMC with NumPyro's NUTS on a centred hierarchical linear "
             "regression with Gamma precisions (scikit-learn's diabetes data, eight "
-            "groups by age quartile and sex). Prints a table of effective sample "
+            "groups by age quartile and sex; nothing is downloaded). Prints a table of effective sample "
             "sizes, times and gradient counts; writes a figure and the InferenceData."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -147,8 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    """Command-line entry point (``s3hmc-demo``); returns the table."""
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (``s3hmc-demo``); returns the exit status, 0.
+
+    The table is printed and written to ``comparison.csv`` in ``--output-dir``
+    (read it back with ``pd.read_csv(path, index_col="sampler")``).
+    """
     args = build_parser().parse_args(argv)
     start = time.time()
     table, idatas = run_comparison(args)
@@ -162,15 +168,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     print()
     print(
-        f"Centred hierarchical regression, diabetes data: {args.num_chains} chains x "
+        f"Centred hierarchical regression, diabetes data: {args.num_chains} "
+        f"chain{'s' if args.num_chains != 1 else ''} x "
         f"{args.num_samples} draws after {args.num_warmup} warmup iterations."
     )
     print(table.T.to_string())
     print()
     print(f"Wrote {figure_path}, comparison.csv and {', '.join(f'{n.lower()}.nc' for n in idatas)}")
     print(f"to {args.output_dir}/ ({time.time() - start:.0f} s in all).")
-    return table
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
