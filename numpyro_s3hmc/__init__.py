@@ -1,5 +1,6 @@
 """Semi-separable Hamiltonian Monte Carlo (S3HMC) for NumPyro."""
 
+from numpyro_s3hmc.compare import compare_samplers, plot_comparison
 from numpyro_s3hmc.integrators import (
     IntegratorState,
     alba,
@@ -19,8 +20,10 @@ __all__ = [
     "SemiSeparableMetric",
     "SitePartition",
     "alba",
+    "compare_samplers",
     "implicit_alba",
     "one_gradient_splitting",
     "partition_sites",
+    "plot_comparison",
     "s3hmc_step",
 ]

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
@@ -152,7 +153,11 @@ def substitute_unconstrained(model: Callable, z: dict) -> Callable:
 
 def site_precisions(model, model_args, model_kwargs, z, obs_names):
     """Prior precisions of the latent Normal sites and of the Normal observations."""
-    tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(*model_args, **model_kwargs)
+    # no argument checks: mid-trajectory an overflowing η is a divergence, not an error
+    with numpyro.validation_enabled(False):
+        tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(
+            *model_args, **model_kwargs
+        )
     latent = {}
     for name, value in z.items():
         p = _normal_precision(tr[name])
