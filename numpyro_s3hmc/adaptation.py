@@ -17,7 +17,6 @@ the usual diagonal mass matrix. d changes only at the end of a window, so each
 trajectory sees a fixed metric.
 """
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -35,31 +34,41 @@ class MetricAdaptState(NamedTuple):
     data_precision: Array  # shape=(n_params,), d: constant term of G_θ
     precision_mean: Array  # shape=(n_params,), mean prior precision this window
     count: Array  # shape=(), dtype=int32, draws in precision_mean
+    trajectory_length: Array  # shape=(), integration time of the next trajectories
 
 
 def metric_adapter(
     num_warmup: int,
     governed: Array,
+    hyper_precision: Array,
     *,
     param_metric: str = "prior+data",
     adapt_step_size: bool = True,
     adapt_metric: bool = True,
+    adapt_trajectory_length: bool = True,
     target_accept_prob: float = 0.8,
-    find_reasonable_step_size: Callable | None = None,
 ):
-    """Return ``(init_fn, update_fn)`` for the step size and the θ metric.
+    """Return ``(init_fn, update_fn)`` for the step size, θ metric and path length.
 
-    ``init_fn(z_info, rng_key, step_size)`` and
-    ``update_fn(i, accept_prob, z_info, prior_precision, wa_state, metric_state)``;
-    ``z_info[0]`` is θ (flat), the rest is passed to ``find_reasonable_step_size``.
+    ``init_fn(z, rng_key, step_size, data_precision, trajectory_length)`` and
+    ``update_fn(i, accept_prob, z, prior_precision, wa_state, metric_state)``,
+    where ``z`` is the flat (θ, η). Welford runs over θ and η together.
+
+    The trajectory length at each window's end is π times the largest posterior
+    standard deviation measured in the metric's units, sqrt(v_i G_i) over θ
+    (with G_i = P̄_i + d_i) and sqrt(v_l c_l) over η: half a period of the slowest
+    oscillation, were the target Gaussian in those units. On the centred Gamma
+    funnel the slowest direction is log τ, and this gives ≈ 13 (see benchmarks/).
     """
     if param_metric not in PARAM_METRICS:
         raise ValueError(f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}.")
     governed = np.asarray(governed, bool)  # static: init may run under pmap
-    adapt_metric = adapt_metric and governed.size > 0
+    c = np.asarray(hyper_precision)
+    n = governed.size
+    size = n + c.size
+    adapt_metric = adapt_metric and size > 0
     wa_init, wa_update = warmup_adapter(
         num_warmup,
-        find_reasonable_step_size=find_reasonable_step_size,
         adapt_step_size=adapt_step_size,
         adapt_mass_matrix=adapt_metric,
         dense_mass=False,
@@ -67,28 +76,37 @@ def metric_adapter(
     )
     num_windows = len(build_adaptation_schedule(num_warmup))
 
-    def init_fn(z_info, rng_key, step_size, data_precision):
-        wa_state = wa_init(z_info, rng_key, step_size, mass_matrix_size=max(governed.size, 1))
+    def init_fn(z, rng_key, step_size, data_precision, trajectory_length):
+        wa_state = wa_init((z,), rng_key, step_size, mass_matrix_size=max(size, 1))
         zeros = jnp.zeros_like(data_precision)
-        return wa_state, MetricAdaptState(data_precision, zeros, jnp.int32(0))
+        length = jnp.asarray(trajectory_length, data_precision.dtype)
+        return wa_state, MetricAdaptState(data_precision, zeros, jnp.int32(0), length)
 
-    def update_fn(i, accept_prob, z_info, prior_precision, wa_state, metric_state):
-        d, mean, count = metric_state
+    def update_fn(i, accept_prob, z, prior_precision, wa_state, metric_state):
+        d, mean, count, length = metric_state
         in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
         count = jnp.where(in_window, count + 1, count)
         mean = jnp.where(in_window, mean + (prior_precision - mean) / jnp.maximum(count, 1), mean)
-        new_wa_state = wa_update(i, accept_prob, z_info, wa_state)
+        new_wa_state = wa_update(i, accept_prob, (z,), wa_state)
         if not adapt_metric:
-            return new_wa_state, MetricAdaptState(d, mean, count)
+            return new_wa_state, MetricAdaptState(d, mean, count, length)
         closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
-        posterior_precision = 1.0 / new_wa_state.inverse_mass_matrix
+        variance = new_wa_state.inverse_mass_matrix
+        var_theta, var_eta = variance[:n], variance[n:size]
         if param_metric == "prior+data":
-            extra = jnp.maximum(posterior_precision - mean, 0.0)
+            extra = jnp.maximum(1.0 / var_theta - mean, 0.0)
         else:
             extra = jnp.zeros_like(d)
-        d = jnp.where(closed, jnp.where(governed, extra, posterior_precision), d)
+        new_d = jnp.where(governed, extra, 1.0 / var_theta).astype(d.dtype)
+        if adapt_trajectory_length:
+            scales = jnp.concatenate(
+                [var_theta * (mean * governed + new_d), var_eta * c.astype(d.dtype)]
+            )
+            new_length = (jnp.pi * jnp.sqrt(jnp.max(scales))).astype(length.dtype)
+            length = jnp.where(closed, new_length, length)
+        d = jnp.where(closed, new_d, d)
         mean = jnp.where(closed, jnp.zeros_like(mean), mean)
         count = jnp.where(closed, 0, count)
-        return new_wa_state, MetricAdaptState(d.astype(mean.dtype), mean, count)
+        return new_wa_state, MetricAdaptState(d, mean, count, length)
 
     return init_fn, update_fn

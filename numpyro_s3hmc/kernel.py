@@ -4,6 +4,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 from jax import random
@@ -92,6 +94,42 @@ def s3hmc_step(
     return new_state, info
 
 
+def find_reasonable_step_size(
+    rng_key: PRNGKey,
+    state: IntegratorState,
+    step_fn: Callable,
+    metric: SemiSeparableMetric,
+    step_size: Array,
+    target_accept_prob: float = 0.8,
+    max_iter: int = 30,
+) -> Array:
+    """Double or halve ``step_size`` until one step's acceptance crosses the target.
+
+    The heuristic of Hoffman & Gelman (2014, Algorithm 4), as NumPyro's HMC uses
+    it, with S3HMC's own integrator and metric: a start far off the right scale
+    costs a few gradients here instead of a collapsed warmup.
+    """
+    finfo = jnp.finfo(jnp.result_type(step_size))
+
+    def body(carry):
+        size, _, direction, key, i = carry
+        key, sub = random.split(key)
+        size = size * jnp.exp2(direction).astype(size.dtype)
+        _, info = s3hmc_step(sub, state, step_fn, metric, size, jnp.int32(1))
+        new_direction = jnp.where(info.accept_prob > target_accept_prob, 1, -1).astype(jnp.int32)
+        return size, direction, new_direction, key, i + 1
+
+    def cond(carry):
+        size, last, direction, _, i = carry
+        in_range = ((size > finfo.tiny) | (direction >= 0)) & (
+            (size < finfo.max) | (direction <= 0)
+        )
+        return in_range & (i < max_iter) & ((last == 0) | (direction == last))
+
+    init = (step_size, jnp.int32(0), jnp.int32(0), rng_key, jnp.int32(0))
+    return jax.lax.while_loop(cond, body, init)[0]
+
+
 class S3HMCState(NamedTuple):
     """The kernel's state; NumPyro's field names wherever NumPyro has one."""
 
@@ -133,7 +171,10 @@ class S3HMC(MCMCKernel):
         the constant term of the θ metric (Welford windows) during warmup.
     target_accept_prob : target of the step-size adaptation.
     trajectory_length : integration time; the number of steps is
-        ``ceil(trajectory_length * u / step_size)`` with u ~ U(0.5, 1.5).
+        ``ceil(trajectory_length * u / step_size)`` with u ~ U(0.5, 1.5). ``None``
+        (default): adapted in warmup to π times the largest posterior standard
+        deviation in the metric's units (see :mod:`numpyro_s3hmc.adaptation`),
+        starting from 2π.
     num_steps : a fixed number of steps instead (no jitter).
     max_num_steps : cap on the number of steps of one trajectory.
     param_metric : ``"prior+data"`` (default) or ``"prior"`` (the paper's).
@@ -165,9 +206,9 @@ class S3HMC(MCMCKernel):
         adapt_step_size: bool = True,
         adapt_metric: bool = True,
         target_accept_prob: float = 0.8,
-        trajectory_length: float = 2.0 * jnp.pi,
+        trajectory_length: float | None = None,
         num_steps: int | None = None,
-        max_num_steps: int = 256,
+        max_num_steps: int = 512,
         param_metric: str = "prior+data",
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
@@ -180,7 +221,7 @@ class S3HMC(MCMCKernel):
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}.")
         if num_steps is not None and num_steps < 1:
             raise ValueError("num_steps must be a positive integer.")
-        if trajectory_length <= 0:
+        if trajectory_length is not None and trajectory_length <= 0:
             raise ValueError("trajectory_length must be positive.")
         self._model = model
         self._integrator = integrator
@@ -188,7 +229,8 @@ class S3HMC(MCMCKernel):
         self._adapt_step_size = adapt_step_size
         self._adapt_metric = adapt_metric
         self._target_accept_prob = target_accept_prob
-        self._trajectory_length = float(trajectory_length)
+        self._adapt_trajectory_length = trajectory_length is None and num_steps is None
+        self._trajectory_length = 2 * np.pi if trajectory_length is None else trajectory_length
         self._num_steps = num_steps
         self._max_num_steps = int(max_num_steps)
         self._param_metric = param_metric
@@ -264,6 +306,8 @@ class S3HMC(MCMCKernel):
         self._adapt_init, self._adapt_update = metric_adapter(
             num_warmup,
             governed,
+            self._partition.hyper_precision,
+            adapt_trajectory_length=self._adapt_trajectory_length,
             param_metric=self._param_metric,
             adapt_step_size=self._adapt_step_size,
             adapt_metric=self._adapt_metric,
@@ -298,8 +342,21 @@ class S3HMC(MCMCKernel):
         dtype = jnp.result_type(theta, eta, pe)
         governed = jnp.asarray(partition.governed_mask)
         d0 = jnp.where(governed, 0.0, 1.0).astype(dtype)  # unit mass where ungoverned
-        rng_key, key_adapt = random.split(rng_key)
-        wa_state, metric_state = self._adapt_init((theta,), key_adapt, self._step_size, d0)
+        rng_key, key_adapt, key_step = random.split(rng_key, 3)
+        step_size = jnp.asarray(self._step_size, dtype)
+        if self._adapt_step_size:
+            potential_and_grad, metric, _ = self._hamiltonian_parts(
+                model_args, model_kwargs, d0, dtype
+            )
+            step_fn = build_integrator(
+                self._integrator, potential_and_grad, metric, **self._integrator_kwargs
+            )
+            g_theta, g_eta = split_z(z_grad, partition)
+            start = IntegratorState(theta, eta, theta, eta, pe, g_theta, g_eta)
+            step_size = find_reasonable_step_size(key_step, start, step_fn, metric, step_size)
+        wa_state, metric_state = self._adapt_init(
+            jnp.concatenate([theta, eta]), key_adapt, step_size, d0, self._trajectory_length
+        )
         zero = jnp.zeros((), dtype)
         return S3HMCState(
             i=jnp.int32(0),
@@ -318,11 +375,11 @@ class S3HMC(MCMCKernel):
             rng_key=rng_key,
         )
 
-    def _trajectory_steps(self, rng_key, step_size):
+    def _trajectory_steps(self, rng_key, step_size, trajectory_length):
         if self._num_steps is not None:
             return jnp.int32(self._num_steps)
         u = random.uniform(rng_key, minval=0.5, maxval=1.5, dtype=jnp.result_type(step_size))
-        n = jnp.ceil(self._trajectory_length * u / step_size)
+        n = jnp.ceil(trajectory_length * u / step_size)
         return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
 
     def _sample_chain(self, state, model_args, model_kwargs):
@@ -345,7 +402,7 @@ class S3HMC(MCMCKernel):
             step_fn,
             metric,
             step_size,
-            self._trajectory_steps(key_steps, step_size),
+            self._trajectory_steps(key_steps, step_size, state.metric_state.trajectory_length),
         )
 
         def adapt(args):
@@ -353,7 +410,7 @@ class S3HMC(MCMCKernel):
             return self._adapt_update(
                 state.i,
                 info.accept_prob,
-                (new.theta,),
+                jnp.concatenate([new.theta, new.eta]),
                 prior_precision(new.eta),
                 wa_state,
                 metric_state,

@@ -210,6 +210,8 @@ def test_fixed_point_failure_is_a_divergence():
     kernel = S3HMC(
         regression,
         integrator="implicit_alba",
+        step_size=0.5,
+        adapt_step_size=False,  # the initial step-size search would shrink it to converge
         integrator_kwargs={"fixed_point_max_iter": 1},
     )
     mcmc = run(kernel, num_warmup=0, num_samples=20)
