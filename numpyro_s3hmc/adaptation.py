@@ -23,7 +23,7 @@ import numpy as np
 
 import jax.numpy as jnp
 
-from numpyro.infer.hmc_util import build_adaptation_schedule, warmup_adapter
+from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging, warmup_adapter
 
 from numpyro_s3hmc._types import Array
 
@@ -110,3 +110,10 @@ def metric_adapter(
         return new_wa_state, MetricAdaptState(d, mean, count, length)
 
     return init_fn, update_fn
+
+
+def restart_step_size(wa_state, step_size: Array):
+    """Restart dual averaging from ``step_size`` (as NumPyro does at window ends)."""
+    ss_init, _ = dual_averaging()
+    ss_state = ss_init(jnp.log(10.0) + jnp.log(step_size))
+    return wa_state._replace(step_size=step_size, ss_state=ss_state)

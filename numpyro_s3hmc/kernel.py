@@ -17,7 +17,7 @@ from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
 from numpyro_s3hmc._types import Array, PRNGKey
-from numpyro_s3hmc.adaptation import MetricAdaptState, metric_adapter
+from numpyro_s3hmc.adaptation import MetricAdaptState, metric_adapter, restart_step_size
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
 from numpyro_s3hmc.metrics import SemiSeparableMetric, hamiltonian, sample_momentum
 from numpyro_s3hmc.partition import (
@@ -342,18 +342,8 @@ class S3HMC(MCMCKernel):
         dtype = jnp.result_type(theta, eta, pe)
         governed = jnp.asarray(partition.governed_mask)
         d0 = jnp.where(governed, 0.0, 1.0).astype(dtype)  # unit mass where ungoverned
-        rng_key, key_adapt, key_step = random.split(rng_key, 3)
+        rng_key, key_adapt = random.split(rng_key)
         step_size = jnp.asarray(self._step_size, dtype)
-        if self._adapt_step_size:
-            potential_and_grad, metric, _ = self._hamiltonian_parts(
-                model_args, model_kwargs, d0, dtype
-            )
-            step_fn = build_integrator(
-                self._integrator, potential_and_grad, metric, **self._integrator_kwargs
-            )
-            g_theta, g_eta = split_z(z_grad, partition)
-            start = IntegratorState(theta, eta, theta, eta, pe, g_theta, g_eta)
-            step_size = find_reasonable_step_size(key_step, start, step_fn, metric, step_size)
         wa_state, metric_state = self._adapt_init(
             jnp.concatenate([theta, eta]), key_adapt, step_size, d0, self._trajectory_length
         )
@@ -393,9 +383,21 @@ class S3HMC(MCMCKernel):
         step_fn = build_integrator(
             self._integrator, potential_and_grad, metric, **self._integrator_kwargs
         )
-        rng_key, key_steps, key_transition = random.split(state.rng_key, 3)
-        step_size = state.adapt_state.step_size
+        rng_key, key_steps, key_transition, key_search = random.split(state.rng_key, 4)
         start = IntegratorState(theta, eta, theta, eta, state.potential_energy, g_theta, g_eta)
+        adapt_state = state.adapt_state
+        if self._adapt_step_size and self._num_warmup > 0:
+            # first warmup iteration: find the scale before dual averaging (inside the
+            # jitted step, so it compiles once rather than at every chain's init)
+            adapt_state = jax.lax.cond(
+                state.i == 0,
+                lambda a: restart_step_size(
+                    a, find_reasonable_step_size(key_search, start, step_fn, metric, a.step_size)
+                ),
+                identity,
+                adapt_state,
+            )
+        step_size = adapt_state.step_size
         new, info = s3hmc_step(
             key_transition,
             start,
@@ -420,7 +422,7 @@ class S3HMC(MCMCKernel):
             state.i < self._num_warmup,
             adapt,
             identity,
-            (state.adapt_state, state.metric_state),
+            (adapt_state, state.metric_state),
         )
         itr = state.i + 1
         n = jnp.where(state.i < self._num_warmup, itr, itr - self._num_warmup)
