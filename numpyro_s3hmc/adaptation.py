@@ -6,14 +6,19 @@ only import of that undocumented module in this package). From the variance
 v_i of each θ element this module derives the constant diagonal term d_i of
 G_θ(η) = prior precision(η) + d (DESIGN.md §7):
 
-- ``param_metric="prior+data"`` (default): d_i = max(1/v_i − P̄_i, 0), with P̄_i
-  the mean prior precision over the same window: the "data precision" the
-  likelihood adds. For a prior-only funnel 1/v_i ≤ P̄_i by Jensen's inequality,
-  so d = 0 and the metric is the paper's.
+- ``param_metric="prior+fisher"`` (default): d_i = max(F_i − P̄_i − 3 se(F_i), 0), where
+  F_i is the window mean of (∂U/∂θ_i)², equal in expectation to the posterior's
+  mean curvature E[∂²U/∂θ_i²], and P̄_i the mean prior precision over the same
+  window: the "data precision" the likelihood adds. On a prior-only funnel
+  F_i ≈ P̄_i, so d ≈ 0 and the metric is the paper's.
+- ``param_metric="prior+variance"``: the same with F_i = 1/v_i, the Welford
+  variance (as a diagonal mass matrix would use). Jensen gives d = 0 on a funnel,
+  but in a BNN, whose weight marginals are multimodal (sign and permutation
+  symmetries), v_i is near the prior's and hides the likelihood's curvature.
 - ``param_metric="prior"``: the paper's choice, d_i = 0 for governed elements.
 
-Elements whose prior is not a hyperparameter-scaled ``Normal`` get d_i = 1/v_i,
-the usual diagonal mass matrix. d changes only at the end of a window, so each
+Elements whose prior is not a hyperparameter-scaled ``Normal`` get d_i = F_i
+(or 1/v_i), a diagonal mass matrix. d changes only at the end of a window, so each
 trajectory sees a fixed metric.
 """
 
@@ -27,13 +32,15 @@ from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging, wa
 
 from numpyro_s3hmc._types import Array
 
-PARAM_METRICS = ("prior+data", "prior")
+PARAM_METRICS = ("prior+fisher", "prior+variance", "prior")
 
 
 class MetricAdaptState(NamedTuple):
     data_precision: Array  # shape=(n_params,), d: constant term of G_θ
     precision_mean: Array  # shape=(n_params,), mean prior precision this window
-    count: Array  # shape=(), dtype=int32, draws in precision_mean
+    fisher_mean: Array  # shape=(n_params,), mean of (∂U/∂θ)² this window
+    fisher_sq_mean: Array  # shape=(n_params,), mean of (∂U/∂θ)⁴, for its standard error
+    count: Array  # shape=(), dtype=int32, draws in the two means
     trajectory_length: Array  # shape=(), integration time of the next trajectories
 
 
@@ -42,7 +49,7 @@ def metric_adapter(
     governed: Array,
     hyper_precision: Array,
     *,
-    param_metric: str = "prior+data",
+    param_metric: str = "prior+fisher",
     adapt_step_size: bool = True,
     adapt_metric: bool = True,
     adapt_trajectory_length: bool = True,
@@ -55,10 +62,10 @@ def metric_adapter(
     where ``z`` is the flat (θ, η). Welford runs over θ and η together.
 
     The trajectory length at each window's end is π times the largest posterior
-    standard deviation measured in the metric's units, sqrt(v_i G_i) over θ
-    (with G_i = P̄_i + d_i) and sqrt(v_l c_l) over η: half a period of the slowest
-    oscillation, were the target Gaussian in those units. On the centred Gamma
-    funnel the slowest direction is log τ, and this gives ≈ 13 (see benchmarks/).
+    standard deviation in the metric's units: sqrt(v_l c_l) over η, and 1 for θ,
+    which the metric whitens. Half a period of the slowest oscillation, were the
+    target Gaussian in those units. On the centred Gamma funnel the slowest
+    direction is log τ, and this gives ≈ 13 (see benchmarks/).
     """
     if param_metric not in PARAM_METRICS:
         raise ValueError(f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}.")
@@ -80,34 +87,46 @@ def metric_adapter(
         wa_state = wa_init((z,), rng_key, step_size, mass_matrix_size=max(size, 1))
         zeros = jnp.zeros_like(data_precision)
         length = jnp.asarray(trajectory_length, data_precision.dtype)
-        return wa_state, MetricAdaptState(data_precision, zeros, jnp.int32(0), length)
+        return wa_state, MetricAdaptState(data_precision, zeros, zeros, zeros, jnp.int32(0), length)
 
-    def update_fn(i, accept_prob, z, prior_precision, wa_state, metric_state):
-        d, mean, count, length = metric_state
+    def update_fn(i, accept_prob, z, grad_theta, prior_precision, wa_state, metric_state):
+        d, mean, fisher, fisher_sq, count, length = metric_state
         in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
         count = jnp.where(in_window, count + 1, count)
-        mean = jnp.where(in_window, mean + (prior_precision - mean) / jnp.maximum(count, 1), mean)
+        weight = 1.0 / jnp.maximum(count, 1)
+        mean = jnp.where(in_window, mean + (prior_precision - mean) * weight, mean)
+        g2 = grad_theta**2
+        fisher = jnp.where(in_window, fisher + (g2 - fisher) * weight, fisher)
+        fisher_sq = jnp.where(in_window, fisher_sq + (g2**2 - fisher_sq) * weight, fisher_sq)
         new_wa_state = wa_update(i, accept_prob, (z,), wa_state)
         if not adapt_metric:
-            return new_wa_state, MetricAdaptState(d, mean, count, length)
+            return new_wa_state, MetricAdaptState(d, mean, fisher, fisher_sq, count, length)
         closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
         variance = new_wa_state.inverse_mass_matrix
         var_theta, var_eta = variance[:n], variance[n:size]
-        if param_metric == "prior+data":
-            extra = jnp.maximum(1.0 / var_theta - mean, 0.0)
+        if param_metric == "prior+fisher":
+            # E[(∂U/∂θ_i)²] = E[∂²U/∂θ_i²] under the posterior: its mean curvature,
+            # which a multimodal marginal (a BNN's) hides from the variance
+            total = jnp.where(fisher > 0, fisher, 1.0 / var_theta)
+            # only what stands clear of the estimate's noise (3 standard errors,
+            # ignoring autocorrelation): on a prior-only funnel F ≈ P̄ and d stays 0
+            noise = 3.0 * jnp.sqrt(jnp.maximum(fisher_sq - fisher**2, 0.0) / count)
         else:
-            extra = jnp.zeros_like(d)
-        new_d = jnp.where(governed, extra, 1.0 / var_theta).astype(d.dtype)
+            total, noise = 1.0 / var_theta, 0.0
+        extra = jnp.maximum(total - mean - noise, 0.0) if param_metric != "prior" else 0.0 * d
+        new_d = jnp.where(governed, extra, total).astype(d.dtype)
         if adapt_trajectory_length:
-            scales = jnp.concatenate(
-                [var_theta * (mean * governed + new_d), var_eta * c.astype(d.dtype)]
-            )
+            # θ counts as whitened by its metric (scale 1); its marginal variance is
+            # no guide where it is multimodal (BNN weights), so only η's enter
+            scales = jnp.concatenate([jnp.ones(1, d.dtype), var_eta * c.astype(d.dtype)])
             new_length = (jnp.pi * jnp.sqrt(jnp.max(scales))).astype(length.dtype)
             length = jnp.where(closed, new_length, length)
         d = jnp.where(closed, new_d, d)
         mean = jnp.where(closed, jnp.zeros_like(mean), mean)
+        fisher = jnp.where(closed, jnp.zeros_like(fisher), fisher)
+        fisher_sq = jnp.where(closed, jnp.zeros_like(fisher_sq), fisher_sq)
         count = jnp.where(closed, 0, count)
-        return new_wa_state, MetricAdaptState(d, mean, count, length)
+        return new_wa_state, MetricAdaptState(d, mean, fisher, fisher_sq, count, length)
 
     return init_fn, update_fn
 

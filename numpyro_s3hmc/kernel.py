@@ -177,7 +177,8 @@ class S3HMC(MCMCKernel):
         starting from 2π.
     num_steps : a fixed number of steps instead (no jitter).
     max_num_steps : cap on the number of steps of one trajectory.
-    param_metric : ``"prior+data"`` (default) or ``"prior"`` (the paper's).
+    param_metric : ``"prior+fisher"`` (default), ``"prior+variance"`` or ``"prior"``
+        (the paper's): the constant term of G_θ, see :mod:`numpyro_s3hmc.adaptation`.
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -209,7 +210,7 @@ class S3HMC(MCMCKernel):
         trajectory_length: float | None = None,
         num_steps: int | None = None,
         max_num_steps: int = 512,
-        param_metric: str = "prior+data",
+        param_metric: str = "prior+fisher",
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
         init_strategy: Callable = init_to_uniform,
@@ -413,6 +414,7 @@ class S3HMC(MCMCKernel):
                 state.i,
                 info.accept_prob,
                 jnp.concatenate([new.theta, new.eta]),
+                new.grad_theta,
                 prior_precision(new.eta),
                 wa_state,
                 metric_state,
