@@ -218,3 +218,21 @@ def test_fixed_point_failure_is_a_divergence():
     f = mcmc.get_extra_fields()
     assert bool(f["diverging"].all())
     np.testing.assert_array_equal(mcmc.get_samples()["w"][0], mcmc.get_samples()["w"][-1])
+
+
+def test_adapted_trajectory_length_on_funnel():
+    def funnel():
+        tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+        numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([50]))
+
+    mcmc = MCMC(S3HMC(funnel), num_warmup=500, num_samples=1, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    state = mcmc.last_state
+    # π sqrt(Var[log τ] c) with Var[log τ] = ψ'(2) ≈ 0.645 and c = 26: ≈ 12.9
+    assert 9.0 < float(state.metric_state.trajectory_length) < 17.0
+    # prior-only: no data precision survives its noise on most coordinates
+    assert float(jnp.median(state.metric_state.data_precision)) < 0.1
+    fixed = S3HMC(funnel, trajectory_length=3.0)
+    mcmc = MCMC(fixed, num_warmup=300, num_samples=1, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    assert float(mcmc.last_state.metric_state.trajectory_length) == 3.0
