@@ -45,6 +45,7 @@ from numpyro.infer.hmc import HMCState
 from numpyro.infer.mcmc import MCMCKernel
 
 from numpyro_s3hmc.kernel import S3HMC, S3HMCState
+from numpyro_s3hmc.partition import _base
 
 __all__ = ["compare_samplers", "hyperparameter_sites", "plot_comparison"]
 
@@ -62,19 +63,13 @@ _COMPILE_EVENT_PREFIX = "/jax/core/compile/"
 HYPER_PREFIX = "ESS bulk "
 
 
-def _base_dist(fn):
-    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
-        fn = fn.base_dist
-    return fn
-
-
 def _model_sites(model: Callable, model_args: tuple, model_kwargs: dict) -> tuple[list, list]:
     """Names of the latent sample sites of ``model`` and of its Gamma ones."""
     tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
     latent = [
         name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]
     ]
-    gamma = [name for name in latent if isinstance(_base_dist(tr[name]["fn"]), dist.Gamma)]
+    gamma = [name for name in latent if isinstance(_base(tr[name]["fn"]), dist.Gamma)]
     return latent, gamma
 
 
