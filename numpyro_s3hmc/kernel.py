@@ -29,6 +29,19 @@ from numpyro_s3hmc.partition import (
 )
 
 
+def _split(z: dict, partition: SitePartition) -> tuple[Array, Array]:
+    """:func:`split_z` with both blocks in one dtype.
+
+    ``ravel_pytree`` flattens an empty block to float32 even under x64, and a
+    float32 ``eta`` of size 0 next to a float64 ``theta`` breaks the while loop's
+    carry (and would downcast under type promotion elsewhere).
+    """
+    theta, eta = split_z(z, partition)
+    nonempty = [x for x in (theta, eta) if x.size]
+    dtype = jnp.result_type(*nonempty) if nonempty else theta.dtype
+    return theta.astype(dtype), eta.astype(dtype)
+
+
 class TransitionInfo(NamedTuple):
     accept_prob: Array  # shape=()
     diverging: Array  # shape=(), dtype=bool
@@ -329,7 +342,7 @@ class S3HMC(MCMCKernel):
 
         def potential_and_grad(theta, eta):
             u, grad = jax.value_and_grad(potential_fn)(merge_z(theta, eta, partition))
-            g_theta, g_eta = split_z(grad, partition)
+            g_theta, g_eta = _split(grad, partition)
             return u, g_theta, g_eta
 
         metric = SemiSeparableMetric(lambda eta: prior_precision(eta) + data_precision, c)
@@ -339,7 +352,7 @@ class S3HMC(MCMCKernel):
         partition = self._partition
         potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
         pe, z_grad = jax.value_and_grad(potential_fn)(z)
-        theta, eta = split_z(z, partition)
+        theta, eta = _split(z, partition)
         dtype = jnp.result_type(theta, eta, pe)
         governed = jnp.asarray(partition.governed_mask)
         d0 = jnp.where(governed, 0.0, 1.0).astype(dtype)  # unit mass where ungoverned
@@ -375,8 +388,8 @@ class S3HMC(MCMCKernel):
 
     def _sample_chain(self, state, model_args, model_kwargs):
         partition = self._partition
-        theta, eta = split_z(state.z, partition)
-        g_theta, g_eta = split_z(state.z_grad, partition)
+        theta, eta = _split(state.z, partition)
+        g_theta, g_eta = _split(state.z_grad, partition)
         d = state.metric_state.data_precision
         potential_and_grad, metric, prior_precision = self._hamiltonian_parts(
             model_args, model_kwargs, d, theta.dtype
