@@ -1,8 +1,12 @@
-"""Hierarchical Bayesian neural networks from flax (linen) modules.
+"""Hierarchical Bayesian neural networks from flax modules (linen or nnx).
 
-:func:`hierarchical_bnn` turns a ``flax.linen`` module into a NumPyro model with
-a ``Gamma(alpha, beta)`` precision for the kernel and another for the bias of
-every layer, the structure :class:`~numpyro_s3hmc.S3HMC` detects on its own.
+:func:`hierarchical_bnn` turns a ``flax.linen`` or ``flax.nnx`` module into a
+NumPyro model with a ``Gamma(alpha, beta)`` precision for the kernel and another
+for the bias of every layer (or one per layer), the structure
+:class:`~numpyro_s3hmc.S3HMC` detects on its own. Linen modules go through
+``random_flax_module``, nnx modules through ``random_nnx_module``; both name
+the parameter sites ``<name>/<path>.<leaf>``, e.g. ``net/Dense_0.kernel`` or
+``net/layers.0.kernel``.
 :func:`map_init` finds a MAP start (the TFP guide's pre-training step) to pass
 as ``MCMC.run(init_params=...)``; :func:`regression_summary` and
 :func:`classification_summary` split the predictive uncertainty.
@@ -20,7 +24,7 @@ import optax
 
 import numpyro
 import numpyro.distributions as dist
-from numpyro.contrib.module import random_flax_module
+from numpyro.contrib.module import random_flax_module, random_nnx_module
 from numpyro.infer import SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.util import unconstrain_fn
@@ -28,19 +32,38 @@ from numpyro.infer.util import unconstrain_fn
 LIKELIHOODS = ("regression", "heteroscedastic", "classification")
 
 
-def param_names(module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """Flattened parameter names of a linen module, as ``random_flax_module`` names them.
+def is_nnx(module) -> bool:
+    """Whether ``module`` is a ``flax.nnx.Module`` (else it is taken for linen)."""
+    from flax import nnx
+
+    return isinstance(module, nnx.Module)
+
+
+def param_names(module, input_shape: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Flattened parameter names of a flax module, as NumPyro's ``random_*_module`` names them.
 
     Parameters
     ----------
-    module : a ``flax.linen.Module``.
-    input_shape : the shape of a dummy input, e.g. ``(1, num_features)``.
+    module : a ``flax.linen.Module``, or a constructed ``flax.nnx.Module``.
+    input_shape : the shape of a dummy input, e.g. ``(1, num_features)``;
+        required for linen (its parameters exist only after ``init``), unused
+        for nnx.
 
     Returns
     -------
-    dict from ``"Dense_0.kernel"``-style names to parameter shapes, in tree order.
+    dict from ``"Dense_0.kernel"``-style (linen) or ``"layers.0.kernel"``-style
+    (nnx) names to parameter shapes, in tree order. Only ``nnx.Param``
+    variables count for nnx: batch statistics and RNG state are not parameters.
     """
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.ones(input_shape))
+    if is_nnx(module):
+        from flax import nnx
+
+        tree = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    else:
+        if input_shape is None:
+            raise ValueError("input_shape is required for a flax.linen module.")
+        shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.ones(input_shape))
+        tree = shapes.get("params", {})
     out: dict[str, tuple[int, ...]] = {}
 
     def walk(tree, prefix):
@@ -49,16 +72,20 @@ def param_names(module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]
             if isinstance(v, Mapping):
                 walk(v, name)
             else:
-                out[name] = tuple(v.shape)
+                out[name] = tuple(jnp.shape(v))
 
-    walk(shapes["params"], "")
+    walk(tree, "")
     return out
 
 
 def check_prior_keys(
-    module, prior: Mapping, input_shape: Sequence[int], *, require_all: bool = False
+    module,
+    prior: Mapping,
+    input_shape: Sequence[int] | None = None,
+    *,
+    require_all: bool = False,
 ) -> None:
-    """Raise if a prior dict for ``random_flax_module`` names unknown parameters.
+    """Raise if a prior dict for ``random_flax_module``/``random_nnx_module`` names unknown parameters.
 
     NumPyro silently ignores prior keys that match no parameter, and keeps
     parameters without a key as point estimates (``numpyro.param``), which
@@ -66,9 +93,11 @@ def check_prior_keys(
 
     Parameters
     ----------
-    module : the ``flax.linen.Module`` passed to ``random_flax_module``.
-    prior : the prior dict, keyed by flattened names such as ``"Dense_0.kernel"``.
-    input_shape : the shape of a dummy input.
+    module : the ``flax.linen.Module`` passed to ``random_flax_module``, or the
+        ``flax.nnx.Module`` passed to ``random_nnx_module``.
+    prior : the prior dict, keyed by flattened names such as ``"Dense_0.kernel"``
+        (linen) or ``"layers.0.kernel"`` (nnx).
+    input_shape : the shape of a dummy input (linen only).
     require_all : also raise when some parameter has no prior.
 
     Raises
@@ -89,16 +118,23 @@ def check_prior_keys(
         raise ValueError("; ".join(msg) + f". Valid keys: {list(valid)}.")
 
 
-def _precision_site(name: str) -> str:
+PRECISIONS = ("tensor", "layer")
+
+
+def _precision_site(name: str, precisions: str = "tensor") -> str:
     layer, _, leaf = name.rpartition(".")
-    return f"tau_{layer.replace('.', '_')}_{leaf}" if layer else f"tau_{leaf}"
+    layer = layer.replace(".", "_")
+    if precisions == "layer":
+        return f"tau_{layer}" if layer else "tau"
+    return f"tau_{layer}_{leaf}" if layer else f"tau_{leaf}"
 
 
 def hierarchical_bnn(
     module,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | None = None,
     *,
     likelihood: str = "regression",
+    precisions: str = "tensor",
     alpha: float = 2.0,
     beta: float = 1.0,
     output_alpha: float = 2.0,
@@ -109,21 +145,25 @@ def hierarchical_bnn(
     """Build a NumPyro BNN with a Gamma precision per layer and parameter kind.
 
     Every parameter ``<layer>.<kind>`` of the module (``kind`` is ``kernel`` or
-    ``bias`` for ``Dense``) gets the prior ``Normal(0, 1/sqrt(tau))`` with its
-    own ``tau_<layer>_<kind> ~ Gamma(alpha, beta)``.
+    ``bias`` for ``Dense``/``nnx.Linear``) gets the prior ``Normal(0, 1/sqrt(tau))``
+    with its own ``tau_<layer>_<kind> ~ Gamma(alpha, beta)`` (``precisions="tensor"``)
+    or one ``tau_<layer>`` shared by the layer's kernel and bias
+    (``precisions="layer"``); dots in the layer path become underscores.
 
     Parameters
     ----------
-    module : a ``flax.linen.Module`` mapping ``x`` of shape ``(N, D)`` to ``(N, K)``.
-    input_shape : the shape of a dummy input, e.g. ``(1, D)``.
+    module : a ``flax.linen.Module``, or a constructed ``flax.nnx.Module``,
+        mapping ``x`` of shape ``(N, D)`` to ``(N, K)``.
+    input_shape : the shape of a dummy input, e.g. ``(1, D)``; linen only.
     likelihood : ``"regression"``: ``y ~ Normal(f(x)[:, 0], 1/sqrt(tau_y))``;
         ``"heteroscedastic"``: ``f(x)`` has two columns, mean and log-variance
         (the TFP guide's head); ``"classification"``: ``y ~ Categorical(logits=f(x))``.
     alpha, beta : the Gamma prior of the layer precisions.
     output_alpha, output_beta : the Gamma prior of ``tau_y`` (regression only);
         the default ``Gamma(2, 0.1)`` (mean 20) suits standardised targets.
+    precisions : ``"tensor"`` (a precision per kernel and per bias) or ``"layer"``.
     output_precision : ``None`` samples ``tau_y``; a float fixes it.
-    name : the ``random_flax_module`` name; parameter sites are ``<name>/<layer>.<kind>``.
+    name : the module's site name; parameter sites are ``<name>/<layer>.<kind>``.
 
     Returns
     -------
@@ -133,15 +173,21 @@ def hierarchical_bnn(
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
+    if precisions not in PRECISIONS:
+        raise ValueError(f"precisions must be one of {PRECISIONS}, got {precisions!r}.")
+    nnx_module = is_nnx(module)
     names = list(param_names(module, input_shape))
-    sites = {k: _precision_site(k) for k in names}
+    sites = {k: _precision_site(k, precisions) for k in names}
 
     def model(x, y=None, *, record_outputs: bool = False):
         taus = {}
         for s in dict.fromkeys(sites.values()):
             taus[s] = numpyro.sample(s, dist.Gamma(alpha, beta))
         prior = {k: dist.Normal(0.0, 1.0 / jnp.sqrt(taus[s])) for k, s in sites.items()}
-        net = random_flax_module(name, module, prior, input_shape=tuple(input_shape))
+        if nnx_module:
+            net = random_nnx_module(name, module, prior)
+        else:
+            net = random_flax_module(name, module, prior, input_shape=tuple(input_shape))
         out = net(x)
         if likelihood == "classification":
             if record_outputs:
@@ -163,6 +209,7 @@ def hierarchical_bnn(
         numpyro.sample("y", dist.Normal(mean, jnp.sqrt(var)), obs=y)
 
     model.param_sites = {f"{name}/{k}": s for k, s in sites.items()}
+    model.precision_sites = tuple(dict.fromkeys(sites.values()))
     model.likelihood = likelihood
     return model
 
