@@ -1,63 +1,56 @@
-"""Cost of one integrator step divided by the cost of one gradient of the potential.
+"""Cost of one integrator step divided by the cost of the gradients it evaluates.
 
-Both are timed as 2,000 iterations inside one jitted ``lax.fori_loop`` on the
-same model and point, after a warm-up call, so dispatch and compilation are
-excluded; the ratio is the sampler's overhead per gradient.
+Both are timed as 1,000 iterations inside one jitted ``lax.fori_loop`` on the
+same model and point, the fastest of seven calls after a warm-up call, so
+dispatch, compilation and most of the noise of other work are excluded; the
+ratio is the sampler's overhead per gradient (1 would be free). The splitting
+step evaluates one gradient of U, an ALBA step three.
 
     python benchmarks/overhead.py
 """
 
-import sys
 import time
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-
-import numpyro
-import numpyro.distributions as dist
 
 from numpyro_s3hmc import S3HMC
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
 from numpyro_s3hmc.partition import split_z
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bnn_sine import bnn, data  # noqa: E402
-
-ITERS = 2000
+ITERS = 1000
+GRADS_PER_STEP = {"splitting": 1, "alba": 3, "implicit_alba": 3}
 
 
-def funnel(dim):
-    tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
-    numpyro.sample("x", dist.Normal(0.0, 1.0 / jnp.sqrt(tau)).expand([dim]))
-
-
-def timed(fn, x):
+def _timed(fn, x, repeats=7):
+    """Seconds per iteration: the fastest of ``repeats`` calls, the least disturbed
+    by other work on the machine."""
     fn(x).block_until_ready()
-    t = time.perf_counter()
-    fn(x).block_until_ready()
-    return (time.perf_counter() - t) / ITERS
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return min(times) / ITERS
 
 
-def overhead(name, model, args):
+def overhead(model, args) -> dict[str, float]:
+    """Seconds per gradient of U, and each integrator's step over its gradients."""
     kernel = S3HMC(model)
     state = kernel.init(jax.random.PRNGKey(0), 0, None, args, {})
-    potential_fn = kernel._potential_fn_gen(*args)
-    grad = jax.grad(potential_fn)
+    grad = jax.grad(kernel._potential_fn_gen(*args))
 
     @jax.jit
     def many_grads(z):
         body = lambda i, z: jax.tree.map(lambda a, g: a - 1e-6 * g, z, grad(z))  # noqa: E731
         return jax.tree.leaves(jax.lax.fori_loop(0, ITERS, body, z))[0]
 
-    t_grad = timed(many_grads, state.z)
-    row = [name, f"{1e6 * t_grad:.1f} µs"]
+    t_grad = _timed(many_grads, state.z)
+    out = {"gradient (s)": t_grad}
     d = state.metric_state.data_precision
     for integrator in INTEGRATORS:
-        kernel._integrator = integrator
 
         @jax.jit
-        def many_steps(z):
+        def many_steps(z, integrator=integrator):
             potential_and_grad, metric, _ = kernel._hamiltonian_parts(args, {}, d, d.dtype)
             step = build_integrator(integrator, potential_and_grad, metric)
             theta, eta = split_z(z, kernel.partition)
@@ -66,24 +59,20 @@ def overhead(name, model, args):
             body = lambda i, s: step(s, 1e-3)[0]  # noqa: E731
             return jax.lax.fori_loop(0, ITERS, body, s).theta
 
-        t_step = timed(many_steps, state.z)
-        grads = 1 if integrator == "splitting" else 3
-        row.append(f"{t_step / (grads * t_grad):.2f}")
-    return row
+        t_step = _timed(many_steps, state.z)
+        out[integrator] = t_step / (GRADS_PER_STEP[integrator] * t_grad)
+    return out
 
 
 def main():
-    x, y = data()
-    rows = [
-        overhead("funnel 10-D", funnel, (10,)),
-        overhead("funnel 100-D", funnel, (100,)),
-        overhead("funnel 1000-D", funnel, (1000,)),
-        overhead("BNN sine [1, 50, 1]", bnn, (x, y)),
-    ]
+    from models import benchmarks
+
     print("| model | one gradient | " + " | ".join(f"{i} step / gradients" for i in INTEGRATORS))
     print("|---|---|" + "---|" * len(INTEGRATORS))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    for name, bench in benchmarks().items():
+        row = overhead(bench.centred, bench.args)
+        cells = [f"{row[i]:.2f}" for i in INTEGRATORS]
+        print(f"| {name} | {1e6 * row['gradient (s)']:.1f} µs | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

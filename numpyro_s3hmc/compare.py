@@ -145,11 +145,15 @@ def _known_state_fields(kernel: MCMCKernel) -> Callable[[str], bool] | None:
 
 
 def _fields_to_collect(has_field: Callable[[str], bool] | None) -> tuple[str, ...] | None:
+    """The stat fields and gradient counter the kernel's state has; a kernel that
+    wraps HMC (``HMCGibbs``) has them on its ``hmc_state``."""
     if has_field is None:
         return None
     grad_field = next((f for f in _GRAD_FIELDS if has_field(f)), None)
-    fields = tuple(f for f in _STAT_FIELDS if has_field(f))
-    return fields + ((grad_field,) if grad_field else ())
+    fields = tuple(
+        next((g for g in (f, "hmc_state." + f) if has_field(g)), None) for f in _STAT_FIELDS
+    )
+    return tuple(f for f in fields if f) + ((grad_field,) if grad_field else ())
 
 
 def _hyper_names(kernel: MCMCKernel, gamma_sites: list) -> list:
@@ -305,7 +309,8 @@ def compare_samplers(
         min_bulk = _min_over(ess_bulk)
         extra = mcmc.get_extra_fields()
         grads = float(np.sum(extra[grad_field])) if grad_field else np.nan
-        divergences = float(np.sum(extra["diverging"])) if "diverging" in extra else np.nan
+        diverging = next((f for f in fields if f.endswith("diverging")), None)
+        divergences = float(np.sum(extra[diverging])) if diverging else np.nan
         row = {
             "wall (s)": t2 - t0,
             "compile (s)": compile_total,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 import numpyro
 import numpyro.distributions as dist
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import MCMC, NUTS, HMCGibbs
 
 from numpyro_s3hmc import S3HMC
 from numpyro_s3hmc.compare import (
@@ -126,6 +126,21 @@ def test_figure_renders(comparison, tmp_path):
 
     fig = plot_comparison(table, idatas, hyper=["x"])  # a vector site: one row per element
     assert len(fig.axes) == 2 + 5 * 2 * 2
+
+
+def test_hmc_gibbs_reads_the_inner_hmc_state():
+    """HMCGibbs keeps NUTS's counters on ``hmc_state``: the table still has them."""
+
+    def gibbs_fn(rng_key, gibbs_sites, hmc_sites):
+        return {"tau": jax.random.gamma(rng_key, 2.0) / 2.0}  # any positive draw
+
+    kernel = HMCGibbs(NUTS(small_model), gibbs_fn, ["tau"])
+    table, idatas = compare_samplers(
+        {"Gibbs": kernel}, num_warmup=30, num_samples=30, num_chains=1, progress_bar=False, y=Y
+    )
+    stats = idatas["Gibbs"].sample_stats
+    assert table.loc["Gibbs", "grad evals"] == int(stats["hmc_state.num_steps"].sum()) > 0
+    assert table.loc["Gibbs", "divergences"] == int(stats["hmc_state.diverging"].sum())
 
 
 def test_hyperparameter_sites():

@@ -1,0 +1,92 @@
+"""The performance suite's pieces: one cell end to end, the targets, the report file."""
+
+import importlib.util
+import math
+import pathlib
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def run():
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("benchmarks_run", BENCHMARKS / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_models_have_their_three_forms(run):
+    from models import benchmarks
+
+    import jax
+
+    for name, bench in benchmarks().items():
+        centred = run.latent_sites(bench.centred, bench.args)
+        assert set(bench.hyper) <= set(centred), name
+        # the non-centred model samples raw sites and records the centred ones
+        noncentred = run.latent_sites(bench.noncentred, bench.args)
+        assert set(bench.hyper) <= set(noncentred) and set(noncentred) != set(centred), name
+        hmc_sites = {k: v for k, v in _draw(bench).items() if k not in bench.hyper}
+        draw = bench.gibbs_fn(jax.random.PRNGKey(0), {}, hmc_sites)
+        assert set(draw) == set(bench.hyper), name
+        assert all(float(v) > 0 for v in draw.values()), name
+
+
+def _draw(bench):
+    from numpyro.handlers import seed, trace
+
+    tr = trace(seed(bench.centred, 0)).get_trace(*bench.args)
+    return {k: s["value"] for k, s in tr.items() if s["type"] == "sample"}
+
+
+def test_one_cell(run):
+    row = run.run_cell("funnel 10-D", "S3HMC", quick=True, seed=0)
+    assert row["num_samples"] == 300 and row["num_chains"] == 2
+    assert 0 < row["min ESS bulk"] <= row["min ESS bulk hyper"]
+    assert row["ESS/1k grads"] == pytest.approx(
+        1000 * row["min ESS bulk"] / (row["grads/draw"] * 600), rel=0.01
+    )
+    assert row["peak memory (MB)"] > 0 and row["divergences"] == 0
+    # the posterior is the prior: E[tau] = 2 within Monte Carlo error
+    assert math.isfinite(row["E[tau] z"]) and abs(row["E[tau] z"]) < 4
+
+
+def test_targets_and_scaling(run):
+    def row(sampler, ess_s, ess_per_k):
+        return {"sampler": sampler, "ESS/s": ess_s, "ESS/1k grads": ess_per_k}
+
+    rows = {
+        "funnel 10-D": [row("S3HMC", 100.0, 10.0), row("NUTS non-centred", 50.0, 100.0)],
+        "funnel 100-D": [
+            row("S3HMC", 100.0, 10.0),
+            row("NUTS centred", 9.0, 1.0),
+            row("NUTS non-centred", 50.0, 10.0),
+        ],
+        "BNN sine": [row("S3HMC", 2.0, 1.0), row("NUTS centred", 1.0, 1.0)],
+    }
+    slope, dims, costs = run.scaling(rows, "NUTS non-centred")
+    assert dims == [10, 100] and slope == pytest.approx(1.0)
+    assert run.scaling(rows, "S3HMC")[0] == pytest.approx(0.0)
+    met = {t: ok for t, _, ok in run.targets(rows, [{"model": "BNN sine", "splitting": 1.5}])}
+    assert met["funnel 100-D: min-ESS/s ≥ 10× NUTS centred"] == "yes"
+    assert met["BNN sine: min-ESS/s ≥ 3× NUTS centred"] == "**no**"
+    assert met["BNN sine: splitting step ≤ 1.3 gradients"] == "**no**"
+    assert met[next(t for t in met if t.startswith("funnel: gradients"))] == "yes"
+
+
+def test_report_keeps_the_text_around_it(run, tmp_path):
+    path = tmp_path / "results.md"
+    run.write_report(path, "first")
+    assert "first" in path.read_text()
+    path.write_text(
+        path.read_text().replace("# Benchmarks", "# Benchmarks\n\nwhy we chose") + "\nend"
+    )
+    run.write_report(path, "second")
+    text = path.read_text()
+    assert "why we chose" in text and text.endswith("end") and "second" in text
+    assert "first" not in text
