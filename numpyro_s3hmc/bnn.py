@@ -170,6 +170,10 @@ def hierarchical_bnn(
     model(x, y=None, *, record_outputs=False)
         A NumPyro model. With ``record_outputs`` it records deterministic sites
         ``"mean"`` and ``"var"`` (regression) or ``"probs"`` (classification).
+        Its attributes: ``param_sites`` (parameter site -> its precision site),
+        ``precision_sites`` (in sampling order) and ``likelihood``. An nnx
+        module is not modified: ``random_nnx_module`` works on a copy of its
+        parameters.
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
