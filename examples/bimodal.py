@@ -90,24 +90,26 @@ def main(args):
     with open(os.path.join(args.output_dir, "bimodal.json"), "w") as f:
         json.dump(results, f, indent=2)
 
-    grid = np.linspace(-5, 5, 121)
+    grid = np.linspace(-6, 6, 145)
     gx, gy = np.meshgrid(grid, grid)
     dens = np.exp(mixture().log_prob(jnp.stack([gx.ravel(), gy.ravel()], -1)))
     dens = np.asarray(dens).reshape(gx.shape)
     fig, axes = plt.subplots(1, len(idatas), figsize=(5 * len(idatas), 4.6))
     for ax, (name, idata) in zip(np.atleast_1d(axes), idatas.items(), strict=False):
         # the density in grey underneath, its contours on top of the draws
-        ax.contourf(gx, gy, dens, levels=20, cmap="Greys", alpha=0.6, zorder=0)
+        ax.contourf(gx, gy, dens, levels=12, cmap="Greys", alpha=0.35, zorder=0)
         x = np.asarray(idata.posterior["x"])
         for c, chain in enumerate(x):
             ax.plot(chain[:, 0], chain[:, 1], ".", ms=2, alpha=0.5, label=f"chain {c}", zorder=1)
-        ax.contour(gx, gy, dens, levels=6, colors="k", linewidths=0.5, zorder=2)
+        ax.contour(gx, gy, dens, levels=4, colors="0.25", linewidths=0.5, zorder=2)
         r = results[name]
         ax.set_title(
             f"{name}: {r['fraction_in_mode_(2,-2)']:.2f} in (2,-2), switches {r['mode_switches_per_chain']}"
         )
         ax.set_xlabel("x[0]")
         ax.set_ylabel("x[1]")
+        ax.set_xlim(-6, 6)
+        ax.set_ylim(-6, 6)
         ax.set_aspect("equal")
         ax.legend(loc="upper right", fontsize=7, markerscale=4)
     fig.tight_layout()
