@@ -28,7 +28,9 @@ too, to show the test can fail.
 
 import argparse
 import contextlib
+import inspect
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +163,7 @@ def run_sbc(
     num_warmup=300,
     seed=0,
     wrong=False,
-    chunk=None,
+    **kernel_kwargs,
 ):
     """Ranks of every quantity of model ``name`` over ``num_replicas`` prior draws.
 
@@ -176,7 +178,7 @@ def run_sbc(
     ys = prior.pop("y")
     truth = {k: np.asarray(v) for k, v in spec.quantities(prior).items()}
 
-    kernel = S3HMC(spec.model, integrator=integrator)
+    kernel = S3HMC(spec.model, integrator=integrator, **kernel_kwargs)
     # sets up the partition and the compiled pieces on concrete data (replica 0)
     state0 = kernel.init(key_init, num_warmup, model_args=(*spec.args, ys[0]))
     hyper = kernel.partition.hyper
@@ -278,11 +280,15 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-wrong", action="store_true", help="skip the wrong sampler")
+    parser.add_argument(
+        "--param-metric", default=None, help="S3HMC's param_metric (default: the kernel's)"
+    )
     parser.add_argument("--output-dir", type=Path, default=HERE)
     parser.add_argument("--json", type=Path, default=None, help="also write the ranks here")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
 
+    kernel_kwargs = {} if args.param_metric is None else {"param_metric": args.param_metric}
     runs = [(m, i, False) for m in args.models for i in args.integrators]
     if not args.no_wrong:
         runs.append(("hierarchical", "splitting", True))
@@ -298,6 +304,7 @@ def main(argv=None):
             num_warmup=args.num_warmup,
             seed=args.seed,
             wrong=wrong,
+            **kernel_kwargs,
         )
         label = integrator + (" (wrong: no ½log|G|)" if wrong else "")
         m = len(out["ranks"])
@@ -345,13 +352,32 @@ def main(argv=None):
     return results
 
 
+def _kernel_version():
+    """The commit of the numpyro_s3hmc package that ran, marked if it had local edits."""
+    import numpyro_s3hmc
+
+    root = Path(numpyro_s3hmc.__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "."], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{commit}{' (with uncommitted changes)' if dirty else ''}" or "unknown"
+
+
 def write_markdown(results, args, command, total_seconds):
+    metric = args.param_metric or inspect.signature(S3HMC).parameters["param_metric"].default
     lines = [
         "# Simulation-based calibration",
         "",
         f"Produced by `{command}` ({total_seconds / 60:.1f} min on a shared 2-core CPU,"
-        " compilation included). Method and models: the docstring of"
-        " [`sbc.py`](sbc.py).",
+        f" compilation included), with the kernel of commit {_kernel_version()}"
+        f" (`param_metric={metric!r}`, every other setting the default). Method and"
+        " models: the docstring of [`sbc.py`](sbc.py).",
         "",
         f"Per replica: {args.num_warmup} warmup iterations, then {args.num_draws}"
         f" draws kept, every {args.thin}th of {args.num_draws * args.thin}; ranks in"
