@@ -31,6 +31,7 @@ import contextlib
 import inspect
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,7 +348,8 @@ def main(argv=None):
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
     plot(results, args, args.output_dir / "sbc.png")
-    command = "python benchmarks/sbc.py" + (" " + " ".join(argv) if argv else "")
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python benchmarks/sbc.py", *argv])
     write_markdown(results, args, command, time.perf_counter() - t_start)
     return results
 
