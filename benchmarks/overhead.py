@@ -46,12 +46,15 @@ def overhead(model, args) -> dict[str, float]:
 
     t_grad = _timed(many_grads, state.z)
     out = {"gradient (s)": t_grad}
-    d = state.metric_state.data_precision
+    metric_state = state.metric_state
+    d = metric_state.data_precision
     for integrator in INTEGRATORS:
 
         @jax.jit
         def many_steps(z, integrator=integrator):
-            potential_and_grad, metric, _ = kernel._hamiltonian_parts(args, {}, d, d.dtype)
+            potential_and_grad, metric, _ = kernel._hamiltonian_parts(
+                args, {}, metric_state, d.dtype
+            )
             step = build_integrator(integrator, potential_and_grad, metric)
             theta, eta = split_z(z, kernel.partition)
             u, g_theta, g_eta = potential_and_grad(theta, eta)

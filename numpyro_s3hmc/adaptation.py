@@ -6,7 +6,15 @@ only import of that undocumented module in this package). From the variance
 v_i of each θ element this module derives the constant diagonal term d_i of
 G_θ(η) = prior precision(η) + d (DESIGN.md §7):
 
-- ``param_metric="prior+fisher"`` (default): d_i = max(F_i − P̄_i − 3 se(F_i), 0), where
+- ``param_metric="prior*fisher"`` (default): G_θ,i(η) = s_i P_i(η), the prior
+  precision scaled by s_i = max(F_i − 3 se(F_i), P̄_i) / P̄_i ≥ 1, with F_i and P̄_i
+  as below. The metric keeps the prior's dependence on τ (as the paper's does,
+  and as a non-centred parameterisation does implicitly), so θ moves with τ,
+  while its size matches the posterior's mean curvature. On the BNN benchmarks
+  this mixes the precisions 1.7× (sine) to 4× (diabetes) faster per gradient
+  than ``"prior+fisher"``; on the likelihood-dominated logistic regression it
+  is 0.8× as fast (benchmarks/results.md).
+- ``param_metric="prior+fisher"``: d_i = max(F_i − P̄_i − 3 se(F_i), 0), where
   F_i is the window mean of (∂U/∂θ_i)², equal in expectation to the posterior's
   mean curvature E[∂²U/∂θ_i²], and P̄_i the mean prior precision over the same
   window: the "data precision" the likelihood adds. On a prior-only funnel
@@ -32,11 +40,12 @@ from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging, wa
 
 from numpyro_s3hmc._types import Array
 
-PARAM_METRICS = ("prior+fisher", "prior+variance", "prior")
+PARAM_METRICS = ("prior*fisher", "prior+fisher", "prior+variance", "prior")
 
 
 class MetricAdaptState(NamedTuple):
     data_precision: Array  # shape=(n_params,), d: constant term of G_θ
+    prior_scale: Array  # shape=(n_params,), s: factor of the prior precision in G_θ
     precision_mean: Array  # shape=(n_params,), mean prior precision this window
     fisher_mean: Array  # shape=(n_params,), mean of (∂U/∂θ)² this window
     fisher_sq_mean: Array  # shape=(n_params,), mean of (∂U/∂θ)⁴, for its standard error
@@ -49,7 +58,7 @@ def metric_adapter(
     governed: Array,
     hyper_precision: Array,
     *,
-    param_metric: str = "prior+fisher",
+    param_metric: str = "prior*fisher",
     adapt_step_size: bool = True,
     adapt_metric: bool = True,
     adapt_trajectory_length: bool = True,
@@ -87,10 +96,13 @@ def metric_adapter(
         wa_state = wa_init((z,), rng_key, step_size, mass_matrix_size=max(size, 1))
         zeros = jnp.zeros_like(data_precision)
         length = jnp.asarray(trajectory_length, data_precision.dtype)
-        return wa_state, MetricAdaptState(data_precision, zeros, zeros, zeros, jnp.int32(0), length)
+        ones = jnp.ones_like(data_precision)
+        return wa_state, MetricAdaptState(
+            data_precision, ones, zeros, zeros, zeros, jnp.int32(0), length
+        )
 
     def update_fn(i, accept_prob, z, grad_theta, prior_precision, wa_state, metric_state):
-        d, mean, fisher, fisher_sq, count, length = metric_state
+        d, scale, mean, fisher, fisher_sq, count, length = metric_state
         in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
         count = jnp.where(in_window, count + 1, count)
         weight = 1.0 / jnp.maximum(count, 1)
@@ -100,11 +112,11 @@ def metric_adapter(
         fisher_sq = jnp.where(in_window, fisher_sq + (g2**2 - fisher_sq) * weight, fisher_sq)
         new_wa_state = wa_update(i, accept_prob, (z,), wa_state)
         if not adapt_metric:
-            return new_wa_state, MetricAdaptState(d, mean, fisher, fisher_sq, count, length)
+            return new_wa_state, MetricAdaptState(d, scale, mean, fisher, fisher_sq, count, length)
         closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
         variance = new_wa_state.inverse_mass_matrix
         var_theta, var_eta = variance[:n], variance[n:size]
-        if param_metric == "prior+fisher":
+        if param_metric in ("prior*fisher", "prior+fisher"):
             # E[(∂U/∂θ_i)²] = E[∂²U/∂θ_i²] under the posterior: its mean curvature,
             # which a multimodal marginal (a BNN's) hides from the variance
             total = jnp.where(fisher > 0, fisher, 1.0 / var_theta)
@@ -114,6 +126,11 @@ def metric_adapter(
         else:
             total, noise = 1.0 / var_theta, 0.0
         extra = jnp.maximum(total - mean - noise, 0.0) if param_metric != "prior" else 0.0 * d
+        new_scale = scale
+        if param_metric == "prior*fisher":
+            # the same excess curvature, as a factor of the mean prior precision
+            new_scale = jnp.where(governed & (mean > 0), 1.0 + extra / mean, 1.0).astype(d.dtype)
+            extra = 0.0 * d
         new_d = jnp.where(governed, extra, total).astype(d.dtype)
         if adapt_trajectory_length:
             # θ counts as whitened by its metric (scale 1); its marginal variance is
@@ -122,11 +139,12 @@ def metric_adapter(
             new_length = (jnp.pi * jnp.sqrt(jnp.max(scales))).astype(length.dtype)
             length = jnp.where(closed, new_length, length)
         d = jnp.where(closed, new_d, d)
+        scale = jnp.where(closed, new_scale, scale)
         mean = jnp.where(closed, jnp.zeros_like(mean), mean)
         fisher = jnp.where(closed, jnp.zeros_like(fisher), fisher)
         fisher_sq = jnp.where(closed, jnp.zeros_like(fisher_sq), fisher_sq)
         count = jnp.where(closed, 0, count)
-        return new_wa_state, MetricAdaptState(d, mean, fisher, fisher_sq, count, length)
+        return new_wa_state, MetricAdaptState(d, scale, mean, fisher, fisher_sq, count, length)
 
     return init_fn, update_fn
 

@@ -158,7 +158,7 @@ class S3HMCState(NamedTuple):
     diverging: Array  # shape=(), dtype=bool
     fixed_point_iters: Array  # shape=(), dtype=int32 (implicit_alba only)
     adapt_state: HMCAdaptState  # step_size, θ variance (NumPyro's)
-    metric_state: MetricAdaptState  # data precision d of G_θ
+    metric_state: MetricAdaptState  # G_θ(η) = prior_scale * P(η) + data_precision
     rng_key: PRNGKey
 
 
@@ -169,9 +169,9 @@ class S3HMC(MCMCKernel):
     hyperparameters η = log τ (every ``Gamma`` site, see
     :func:`~numpyro_s3hmc.partition_sites`), and samples both jointly with a
     Riemannian metric: the prior precision of each parameter at the current τ
-    (plus an adapted constant), and the paper's c_l = Q_l/2 + α_l − 1 for the
-    log-precisions. Exact: every transition ends in a Metropolis-Hastings test
-    on the full Hamiltonian.
+    (scaled in warmup to the posterior's curvature), and the paper's
+    c_l = Q_l/2 + α_l − 1 for the log-precisions. Exact: every transition ends
+    in a Metropolis-Hastings test on the full Hamiltonian.
 
     Parameters
     ----------
@@ -190,8 +190,10 @@ class S3HMC(MCMCKernel):
         starting from 2π.
     num_steps : a fixed number of steps instead (no jitter).
     max_num_steps : cap on the number of steps of one trajectory.
-    param_metric : ``"prior+fisher"`` (default), ``"prior+variance"`` or ``"prior"``
-        (the paper's): the constant term of G_θ, see :mod:`numpyro_s3hmc.adaptation`.
+    param_metric : ``"prior*fisher"`` (default: the prior precision scaled to the
+        posterior's mean curvature), ``"prior+fisher"``, ``"prior+variance"`` (a
+        constant added to it) or ``"prior"`` (the paper's): how G_θ is adapted,
+        see :mod:`numpyro_s3hmc.adaptation`.
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -223,7 +225,7 @@ class S3HMC(MCMCKernel):
         trajectory_length: float | None = None,
         num_steps: int | None = None,
         max_num_steps: int = 512,
-        param_metric: str = "prior+fisher",
+        param_metric: str = "prior*fisher",
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
         init_strategy: Callable = init_to_uniform,
@@ -334,7 +336,7 @@ class S3HMC(MCMCKernel):
             return jax.vmap(init_fn)(init_params, rng_key)
         return init_fn(init_params, rng_key)
 
-    def _hamiltonian_parts(self, model_args, model_kwargs, data_precision, dtype):
+    def _hamiltonian_parts(self, model_args, model_kwargs, metric_state, dtype):
         partition = self._partition
         potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
         prior_precision = prior_precision_fn(self._model, partition, model_args, model_kwargs)
@@ -345,7 +347,8 @@ class S3HMC(MCMCKernel):
             g_theta, g_eta = _split(grad, partition)
             return u, g_theta, g_eta
 
-        metric = SemiSeparableMetric(lambda eta: prior_precision(eta) + data_precision, c)
+        scale, d = metric_state.prior_scale, metric_state.data_precision
+        metric = SemiSeparableMetric(lambda eta: prior_precision(eta) * scale + d, c)
         return potential_and_grad, metric, prior_precision
 
     def _init_chain(self, z, rng_key, model_args, model_kwargs):
@@ -390,9 +393,8 @@ class S3HMC(MCMCKernel):
         partition = self._partition
         theta, eta = _split(state.z, partition)
         g_theta, g_eta = _split(state.z_grad, partition)
-        d = state.metric_state.data_precision
         potential_and_grad, metric, prior_precision = self._hamiltonian_parts(
-            model_args, model_kwargs, d, theta.dtype
+            model_args, model_kwargs, state.metric_state, theta.dtype
         )
         step_fn = build_integrator(
             self._integrator, potential_and_grad, metric, **self._integrator_kwargs

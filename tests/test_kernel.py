@@ -257,9 +257,37 @@ def test_adapted_trajectory_length_on_funnel():
     state = mcmc.last_state
     # π sqrt(Var[log τ] c) with Var[log τ] = ψ'(2) ≈ 0.645 and c = 26: ≈ 12.9
     assert 9.0 < float(state.metric_state.trajectory_length) < 17.0
-    # prior-only: no data precision survives its noise on most coordinates
-    assert float(jnp.median(state.metric_state.data_precision)) < 0.1
+    # prior-only: no excess curvature survives its noise on most coordinates, so the
+    # default metric stays the paper's (scale 1, nothing added)
+    assert float(jnp.median(state.metric_state.prior_scale)) < 1.1
+    assert float(jnp.max(state.metric_state.data_precision)) == 0.0
     fixed = S3HMC(funnel, trajectory_length=3.0)
     mcmc = MCMC(fixed, num_warmup=300, num_samples=1, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0))
     assert float(mcmc.last_state.metric_state.trajectory_length) == 3.0
+
+
+def test_prior_scale_matches_the_likelihood_curvature():
+    """mu ~ N(0, 1/sqrt(tau)) and 50 observations y ~ N(mu, 1/sqrt(tau)): the
+    posterior curvature of mu is 51 tau, its prior's tau, so the default metric
+    scales the prior precision by about 51; "prior+fisher" adds about 50 E[tau]."""
+
+    def model(y):
+        tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1 / jnp.sqrt(tau)))
+        with numpyro.plate("n", y.shape[0]):
+            numpyro.sample("y", dist.Normal(mu, 1 / jnp.sqrt(tau)), obs=y)
+
+    y = jax.random.normal(jax.random.PRNGKey(3), (50,))
+    scaled = MCMC(S3HMC(model), num_warmup=500, num_samples=1, progress_bar=False)
+    scaled.run(jax.random.PRNGKey(0), y)
+    assert 35.0 < float(scaled.last_state.metric_state.prior_scale[0]) < 70.0
+    assert float(scaled.last_state.metric_state.data_precision[0]) == 0.0
+    added = MCMC(
+        S3HMC(model, param_metric="prior+fisher"), num_warmup=500, num_samples=1, progress_bar=False
+    )
+    added.run(jax.random.PRNGKey(0), y)
+    state = added.last_state.metric_state
+    assert float(state.prior_scale[0]) == 1.0
+    tau = float(jnp.exp(added.last_state.z["tau"]))  # z is log tau
+    assert 20.0 * tau < float(state.data_precision[0]) < 100.0 * tau
