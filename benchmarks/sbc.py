@@ -288,6 +288,7 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, default=None, help="also write the ranks here")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
+    version = _kernel_version()  # before the package can change under a long run
 
     kernel_kwargs = {} if args.param_metric is None else {"param_metric": args.param_metric}
     runs = [(m, i, False) for m in args.models for i in args.integrators]
@@ -350,7 +351,7 @@ def main(argv=None):
     plot(results, args, args.output_dir / "sbc.png")
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/sbc.py", *argv])
-    write_markdown(results, args, command, time.perf_counter() - t_start)
+    write_markdown(results, args, command, time.perf_counter() - t_start, version)
     return results
 
 
@@ -371,13 +372,17 @@ def _kernel_version():
     return f"{commit}{' (with uncommitted changes)' if dirty else ''}" or "unknown"
 
 
-def write_markdown(results, args, command, total_seconds):
+def _p(p):
+    return f"{p:.3g}" if p > 0 else "< 1e-300"
+
+
+def write_markdown(results, args, command, total_seconds, version):
     metric = args.param_metric or inspect.signature(S3HMC).parameters["param_metric"].default
     lines = [
         "# Simulation-based calibration",
         "",
         f"Produced by `{command}` ({total_seconds / 60:.1f} min on a shared 2-core CPU,"
-        f" compilation included), with the kernel of commit {_kernel_version()}"
+        f" compilation included), with the kernel of commit {version}"
         f" (`param_metric={metric!r}`, every other setting the default). Method and"
         " models: the docstring of [`sbc.py`](sbc.py).",
         "",
@@ -398,7 +403,7 @@ def write_markdown(results, args, command, total_seconds):
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['integrator']} | {r['replicas']} | {r['min_p']:.3g} |"
+            f"| {r['model']} | {r['integrator']} | {r['replicas']} | {_p(r['min_p'])} |"
             f" {'pass' if r['passed'] else '**reject**'} |"
             f" {r['divergences']} ({r['replicas_with_divergences']}) |"
             f" {r['accept']:.2f} | {r['seconds']:.0f} |"
@@ -412,7 +417,7 @@ def write_markdown(results, args, command, total_seconds):
         for row in r["rows"]:
             counts = " ".join(str(c) for c in row["counts"])
             lines.append(
-                f"| {row['quantity']} | {row['p']:.3g} | {row['ess_ratio']:.2f} | {counts} |"
+                f"| {row['quantity']} | {_p(row['p'])} | {row['ess_ratio']:.2f} | {counts} |"
             )
         lines.append("")
     lines += NOTES
@@ -422,11 +427,32 @@ def write_markdown(results, args, command, total_seconds):
 NOTES = [
     "## Notes",
     "",
+    "- Every integrator of a model sees the same prior draws and data sets (one seed),"
+    " so their histograms are correlated: a bump shared by all three belongs to the"
+    " replica set, not to an integrator. The smallest p-value of a correct sampler,"
+    " 0.0055 for τ in the Normal-Gamma model with the splitting integrator, is such a"
+    " bump (bins 3-4, in all three integrators). Rerun with"
+    " `run_sbc('normal_gamma', 'splitting', num_replicas=1000, ...)`: 1,000 warmup"
+    " iterations and thinning 10 give p = 0.11 (τ) and 0.90 (μ) on the same replicas;"
+    " seeds 5 and 7 give p = 0.52 and 0.23 for τ, 0.035 and 0.36 for μ.",
+    "- `implicit_alba` diverges in about 1.3% of the Normal-Gamma transitions: the"
+    " implicit τ update has no real root once the log-step h·r_η/(2c) passes"
+    " (√2 − 1)/2 (README, How it works). Those transitions are rejected, and the ranks"
+    " stay uniform. The explicit integrators diverge a handful of times in 10⁶"
+    " transitions on the hierarchical model and in a few BNN replicas with extreme"
+    " prior draws.",
+    "- BNN parameters have sign and permutation symmetries that a chain need not"
+    " cross; only invariant quantities are ranked (the precisions, the output bias,"
+    " the prediction at x = 0, the squared norm of the first layer's weights).",
     "- The wrong sampler drops ½ log|G_θ(η)| from the energy of the Metropolis-Hastings"
     " test only (its trajectories are the right ones). Its chain then targets"
     " p(θ, τ | y)·|G_θ(τ)|^½, which favours large τ_b (|G_θ|^½ grows as τ_b^4 in the"
-    " hierarchical model, whose τ_b scales 8 coefficients): the test has to reject it,"
-    " and does.",
+    " hierarchical model, whose τ_b scales 8 coefficients): the test rejects it, with"
+    " the ranks of τ_b piled at the low end (the draws too large).",
+    "- No calibration failure was found in the kernel. The slow tests"
+    " (`python -m pytest tests/test_sbc.py -m slow`) repeat the correct-sampler runs"
+    " with another seed and 400 (BNN 200) replicas, and the rejection of the wrong"
+    " sampler.",
 ]
 
 
