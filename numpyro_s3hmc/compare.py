@@ -305,7 +305,12 @@ def compare_samplers(
         all_hyper += [h for h in hyper if h not in all_hyper]
 
         posterior = idata.posterior[latent]
-        ess_bulk = az.ess(posterior, method="bulk")
+        # a chain that never moved (possible in a short run) has zero variance:
+        # its R-hat is inf and its ESS nan, reported as such, not as a warning
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ess_bulk = az.ess(posterior, method="bulk")
+            ess_tail = az.ess(posterior, method="tail")
+            rhat = az.rhat(posterior)
         min_bulk = _min_over(ess_bulk)
         extra = mcmc.get_extra_fields()
         grads = float(np.sum(extra[grad_field])) if grad_field else np.nan
@@ -316,12 +321,12 @@ def compare_samplers(
             "compile (s)": compile_total,
             "sampling (s)": sampling,
             "min ESS bulk": min_bulk,
-            "min ESS tail": _min_over(az.ess(posterior, method="tail")),
+            "min ESS tail": _min_over(ess_tail),
             "ESS/s": min_bulk / sampling,
             "grad evals": grads,
             "grads/draw": grads / (num_samples * num_chains),
             "ESS/1k grads": 1000.0 * min_bulk / grads,
-            "max R-hat": _max_over(az.rhat(posterior)),
+            "max R-hat": _max_over(rhat),
             "divergences": divergences,
         }
         for h in hyper:

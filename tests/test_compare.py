@@ -192,3 +192,16 @@ def test_demo_writes_outputs(tmp_path, capsys):
     idata = az.from_netcdf(tmp_path / "s3hmc.nc")
     assert {"posterior", "sample_stats", "log_likelihood", "observed_data"} <= set(idata.groups())
     assert idata.posterior["beta"].shape == (1, 20, 8, 6)
+
+
+def test_a_chain_that_never_moves_is_reported_not_raised():
+    """A zero-variance chain would make ArviZ divide by zero: R-hat is inf, no warning."""
+    table, _ = compare_samplers(
+        {"stuck": S3HMC(small_model, step_size=1e3, adapt_step_size=False, num_steps=1)},
+        num_warmup=0,
+        num_samples=5,
+        num_chains=2,
+        progress_bar=False,
+        y=Y,
+    )
+    assert table.loc["stuck", "max R-hat"] == np.inf or np.isnan(table.loc["stuck", "max R-hat"])
