@@ -1,4 +1,7 @@
+import gc
 import os
+
+import pytest
 
 import numpyro
 
@@ -10,3 +13,13 @@ import jax  # noqa: E402
 jax.config.update("jax_platform_name", "cpu")
 if os.environ.get("JAX_ENABLE_X64"):
     jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module: one process compiles
+    hundreds of samplers, and XLA's CPU compiler crashed (SIGSEGV) late in a run
+    that kept them all."""
+    yield
+    jax.clear_caches()
+    gc.collect()
