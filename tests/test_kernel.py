@@ -131,11 +131,13 @@ def test_pickle_and_cloudpickle_then_continue():
     np.testing.assert_array_equal(restored.get_samples()["x"], mcmc.get_samples()["x"])
 
 
-def test_jit_model_args_no_retrace_for_new_data():
+def test_jit_model_args_no_retrace_for_new_data(monkeypatch):
     # count the traces of the model made inside the compiled sampler (where the data
     # are tracers), and XLA's compilations. The progress bar keeps NumPyro's own
     # collection loop compiled once; without it NumPyro re-jits that loop on every
-    # run, for every kernel (NUTS included), though not the kernel's step.
+    # run, for every kernel (NUTS included), though not the kernel's step. NumPyro
+    # turns the bar off wherever the environment has CI set: unset it here.
+    monkeypatch.delenv("CI", raising=False)
     traces = []
 
     def counted(X, y=None):
