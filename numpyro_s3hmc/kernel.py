@@ -29,19 +29,6 @@ from numpyro_s3hmc.partition import (
 )
 
 
-def _split(z: dict, partition: SitePartition) -> tuple[Array, Array]:
-    """:func:`split_z` with both blocks in one dtype.
-
-    ``ravel_pytree`` flattens an empty block to float32 even under x64, and a
-    float32 ``eta`` of size 0 next to a float64 ``theta`` breaks the while loop's
-    carry (and would downcast under type promotion elsewhere).
-    """
-    theta, eta = split_z(z, partition)
-    nonempty = [x for x in (theta, eta) if x.size]
-    dtype = jnp.result_type(*nonempty) if nonempty else theta.dtype
-    return theta.astype(dtype), eta.astype(dtype)
-
-
 class TransitionInfo(NamedTuple):
     accept_prob: Array  # shape=()
     diverging: Array  # shape=(), dtype=bool
@@ -344,7 +331,7 @@ class S3HMC(MCMCKernel):
 
         def potential_and_grad(theta, eta):
             u, grad = jax.value_and_grad(potential_fn)(merge_z(theta, eta, partition))
-            g_theta, g_eta = _split(grad, partition)
+            g_theta, g_eta = split_z(grad, partition)
             return u, g_theta, g_eta
 
         scale, d = metric_state.prior_scale, metric_state.data_precision
@@ -355,7 +342,7 @@ class S3HMC(MCMCKernel):
         partition = self._partition
         potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
         pe, z_grad = jax.value_and_grad(potential_fn)(z)
-        theta, eta = _split(z, partition)
+        theta, eta = split_z(z, partition)
         dtype = jnp.result_type(theta, eta, pe)
         governed = jnp.asarray(partition.governed_mask)
         d0 = jnp.where(governed, 0.0, 1.0).astype(dtype)  # unit mass where ungoverned
@@ -391,8 +378,8 @@ class S3HMC(MCMCKernel):
 
     def _sample_chain(self, state, model_args, model_kwargs):
         partition = self._partition
-        theta, eta = _split(state.z, partition)
-        g_theta, g_eta = _split(state.z_grad, partition)
+        theta, eta = split_z(state.z, partition)
+        g_theta, g_eta = split_z(state.z_grad, partition)
         potential_and_grad, metric, prior_precision = self._hamiltonian_parts(
             model_args, model_kwargs, state.metric_state, theta.dtype
         )

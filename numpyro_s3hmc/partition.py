@@ -170,10 +170,17 @@ def site_precisions(model, model_args, model_kwargs, z, obs_names):
 
 
 def split_z(z: dict, partition: SitePartition) -> tuple[Array, Array]:
-    """Flatten ``z`` into (θ, η), each in sorted site order."""
+    """Flatten ``z`` into (θ, η), each in sorted site order, both in one dtype.
+
+    ``ravel_pytree`` flattens an empty block to float32 even under x64; a
+    float32 ``eta`` of size 0 beside a float64 ``theta`` would break a while
+    loop's carry, so an empty block takes the other's dtype.
+    """
     theta, _ = ravel_pytree({k: z[k] for k in partition.params})
     eta, _ = ravel_pytree({k: z[k] for k in partition.hyper})
-    return theta, eta
+    nonempty = [x for x in (theta, eta) if x.size]
+    dtype = jnp.result_type(*nonempty) if nonempty else theta.dtype
+    return theta.astype(dtype), eta.astype(dtype)
 
 
 def _unflatten(flat: Array, sites: dict) -> dict:
