@@ -3,8 +3,9 @@
 The step size is adapted by NumPyro's dual averaging and the Welford variance
 of θ by its windowed schedule (``numpyro.infer.hmc_util.warmup_adapter``, the
 only import of that undocumented module in this package). From the variance
-v_i of each θ element this module derives the constant diagonal term d_i of
-G_θ(η) = prior precision(η) + d (DESIGN.md §7):
+v_i, and the window means of (∂U/∂θ_i)², of each θ element this module derives
+the constant diagonals s and d of G_θ(η) = s ⊙ prior precision(η) + d
+(DESIGN.md §7):
 
 - ``param_metric="prior*fisher"`` (default): G_θ,i(η) = s_i P_i(η), the prior
   precision scaled by s_i = max(F_i − 3 se(F_i), P̄_i) / P̄_i ≥ 1, with F_i and P̄_i

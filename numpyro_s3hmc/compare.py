@@ -201,6 +201,7 @@ def compare_samplers(
     rng_key: jax.Array | None = None,
     chain_method: str = "sequential",
     progress_bar: bool = True,
+    var_names: list[str] | tuple[str, ...] | None = None,
     **model_kwargs,
 ) -> tuple[pd.DataFrame, dict[str, az.InferenceData]]:
     """Run each kernel on the same model arguments and tabulate its efficiency.
@@ -217,6 +218,10 @@ def compare_samplers(
     num_warmup, num_samples, num_chains, chain_method : passed to ``MCMC``.
     rng_key : the key of every run (default ``jax.random.PRNGKey(0)``).
     progress_bar : NumPyro's progress bars, and one line per sampler when done.
+    var_names : the posterior variables the ESS and R-hat columns range over
+        (default: every latent sample site of each kernel's model). Give the
+        same names to compare reparameterisations of one model, e.g. the
+        centred sites, which a non-centred model records as deterministic.
 
     Returns
     -------
@@ -226,7 +231,8 @@ def compare_samplers(
         - ``wall (s)``, ``compile (s)``, ``sampling (s)``: see the module
           docstring; warmup is in the wall time only.
         - ``min ESS bulk``, ``min ESS tail``: the smallest ``az.ess`` over every
-          element of every latent sample site (deterministic sites excluded).
+          element of every latent sample site (deterministic sites excluded),
+          or of the ``var_names``.
         - ``ESS/s``: min bulk ESS / sampling time.
         - ``grad evals``: post-warmup gradient evaluations, all chains;
           ``grads/draw`` per draw.
@@ -300,18 +306,18 @@ def compare_samplers(
         idata = az.from_numpyro(mcmc)
         idatas[name] = idata
         latent, gamma = _model_sites(kernel.model, model_args, model_kwargs)
-        latent = [v for v in latent if v in idata.posterior.data_vars]
+        latent = [v for v in var_names or latent if v in idata.posterior.data_vars]
         hyper = [v for v in _hyper_names(kernel, gamma) if v in idata.posterior.data_vars]
         all_hyper += [h for h in hyper if h not in all_hyper]
 
-        posterior = idata.posterior[latent]
+        posterior = idata.posterior[latent + [h for h in hyper if h not in latent]]
         # a chain that never moved (possible in a short run) has zero variance:
         # its R-hat is inf and its ESS nan, reported as such, not as a warning
         with np.errstate(divide="ignore", invalid="ignore"):
             ess_bulk = az.ess(posterior, method="bulk")
             ess_tail = az.ess(posterior, method="tail")
             rhat = az.rhat(posterior)
-        min_bulk = _min_over(ess_bulk)
+        min_bulk = _min_over(ess_bulk[latent])
         extra = mcmc.get_extra_fields()
         grads = float(np.sum(extra[grad_field])) if grad_field else np.nan
         diverging = next((f for f in fields if f.endswith("diverging")), None)
@@ -321,12 +327,12 @@ def compare_samplers(
             "compile (s)": compile_total,
             "sampling (s)": sampling,
             "min ESS bulk": min_bulk,
-            "min ESS tail": _min_over(ess_tail),
+            "min ESS tail": _min_over(ess_tail[latent]),
             "ESS/s": min_bulk / sampling,
             "grad evals": grads,
             "grads/draw": grads / (num_samples * num_chains),
             "ESS/1k grads": 1000.0 * min_bulk / grads,
-            "max R-hat": _max_over(rhat),
+            "max R-hat": _max_over(rhat[latent]),
             "divergences": divergences,
         }
         for h in hyper:

@@ -136,8 +136,16 @@ def test_hmc_gibbs_reads_the_inner_hmc_state():
 
     kernel = HMCGibbs(NUTS(small_model), gibbs_fn, ["tau"])
     table, idatas = compare_samplers(
-        {"Gibbs": kernel}, num_warmup=30, num_samples=30, num_chains=1, progress_bar=False, y=Y
+        {"Gibbs": kernel},
+        num_warmup=30,
+        num_samples=30,
+        num_chains=1,
+        progress_bar=False,
+        var_names=["x_sum"],  # a deterministic site, scored only when named
+        y=Y,
     )
+    ess = float(az.ess(idatas["Gibbs"].posterior[["x_sum"]])["x_sum"])
+    assert abs(table.loc["Gibbs", "min ESS bulk"] - ess) <= 0.5
     stats = idatas["Gibbs"].sample_stats
     assert table.loc["Gibbs", "grad evals"] == int(stats["hmc_state.num_steps"].sum()) > 0
     assert table.loc["Gibbs", "divergences"] == int(stats["hmc_state.diverging"].sum())
