@@ -95,12 +95,12 @@ TABLE_COLUMNS = (
 
 
 def run_cell(model_name, sampler, quick, seed) -> dict:
-    import arviz as az
     from models import ALPHA, BETA, benchmarks
 
     import jax
 
     from numpyro_s3hmc import compare_samplers
+    from numpyro_s3hmc._arviz import arviz, dataset
     from numpyro_s3hmc.compare import HYPER_PREFIX, _model_sites
 
     bench = benchmarks()[model_name]
@@ -129,9 +129,9 @@ def run_cell(model_name, sampler, quick, seed) -> dict:
     }
     if model_name.startswith("funnel"):
         # the posterior is the prior: E[tau] = alpha / beta, checked against its MCSE
-        tau = idatas[sampler].posterior["tau"]
-        mcse = float(az.mcse(tau).to_array().values.squeeze())
-        out["E[tau] z"] = (float(tau.mean()) - ALPHA / BETA) / mcse
+        draws = dataset(idatas[sampler].posterior)[["tau"]]
+        mcse = float(arviz().mcse(draws)["tau"].values.squeeze())
+        out["E[tau] z"] = (float(draws["tau"].mean()) - ALPHA / BETA) / mcse
     return out
 
 

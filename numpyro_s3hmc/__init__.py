@@ -1,6 +1,9 @@
-"""Semi-separable Hamiltonian Monte Carlo (S3HMC) for NumPyro."""
+"""Semi-separable Hamiltonian Monte Carlo (S3HMC) for NumPyro.
 
-from numpyro_s3hmc.compare import compare_samplers, plot_comparison
+The kernel and its parts load with the package; :func:`compare_samplers` and
+:func:`plot_comparison` (ArviZ, pandas, matplotlib) load on first use.
+"""
+
 from numpyro_s3hmc.integrators import (
     IntegratorState,
     alba,
@@ -12,6 +15,17 @@ from numpyro_s3hmc.metrics import SemiSeparableMetric
 from numpyro_s3hmc.partition import SitePartition, partition_sites
 
 __version__ = "0.1.0"
+
+_LAZY = {"compare_samplers": "numpyro_s3hmc.compare", "plot_comparison": "numpyro_s3hmc.compare"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "S3HMC",
