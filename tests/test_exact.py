@@ -5,10 +5,10 @@ a correct sampler misses by more than Z_MAX standard errors with probability
 < 1e-4 per check, and the seeds are fixed. A minimum ESS keeps the checks sharp.
 """
 
-import arviz as az
 import exact_answers
 import numpy as np
 import pytest
+from exact_answers import assert_mean
 from scipy import special
 
 import jax
@@ -20,17 +20,6 @@ from numpyro.infer import MCMC
 
 from numpyro_s3hmc import S3HMC
 from numpyro_s3hmc.integrators import INTEGRATORS
-
-Z_MAX = 4.0
-
-
-def assert_mean(draws, truth, name, min_ess=150):
-    draws = np.asarray(draws, dtype=np.float64)  # (chains, draws)
-    ess = float(az.ess(draws))
-    mcse = draws.std(ddof=1) / np.sqrt(ess)
-    z = abs(draws.mean() - truth) / mcse
-    assert ess > min_ess, f"{name}: ESS {ess:.0f} too small to test"
-    assert z < Z_MAX, f"{name}: mean {draws.mean():.4f}, truth {truth:.4f}, z = {z:.2f}"
 
 
 def sample(model, integrator, *args, num_samples=1000, seed=0, **kernel_kwargs):
@@ -48,7 +37,7 @@ def sample(model, integrator, *args, num_samples=1000, seed=0, **kernel_kwargs):
     fields = mcmc.get_extra_fields(group_by_chain=True)
     # In τ coordinates the implicit position update τ' = τ + h/2 (τ² + τ'²) r_τ / c has
     # a real root only while the log-step s = h r_η / (2c) stays below (√2 − 1)/2:
-    # beyond it the step fails, is rejected and counted (DESIGN §5.2). How often
+    # beyond it the step fails, is rejected and counted (docs/design.md §5.2). How often
     # depends on the trajectory length; the explicit integrators never fail here.
     max_divergences = 0.1 * fields["diverging"].size if integrator == "implicit_alba" else 0
     assert int(fields["diverging"].sum()) <= max_divergences
