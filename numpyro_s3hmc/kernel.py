@@ -1,5 +1,6 @@
 """The S3HMC transition: a pure step, and the NumPyro ``MCMCKernel`` around it."""
 
+import copy
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -279,6 +280,28 @@ class S3HMC(MCMCKernel):
         if self._postprocess_fn is None:
             return identity
         return self._postprocess_fn(*model_args, **model_kwargs)
+
+    def refresh(self, state, model_args, model_kwargs):
+        """U and ∂U/∂z at ``state.z`` for these arguments, the chain not moved.
+
+        What NumPyro's ``Gibbs`` calls when the sites another block owns have
+        changed, so that S3HMC can be one block of it (e.g. beside
+        ``DiscreteGibbs`` for a model's discrete sites).
+        """
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
+        pe, z_grad = jax.value_and_grad(potential_fn)(state.z)
+        return state._replace(potential_energy=pe, z_grad=z_grad)
+
+    def wrap_model(self, wrapper):
+        """A copy bound to ``wrapper(model)``, rebuilt at its next ``init`` (for ``Gibbs``)."""
+        kernel = copy.copy(self)
+        kernel._model = wrapper(self._model)
+        kernel._partition = None
+        kernel._potential_fn_gen = None
+        kernel._postprocess_fn = None
+        kernel._sample_fn = None
+        return kernel
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         model_kwargs = {} if model_kwargs is None else model_kwargs

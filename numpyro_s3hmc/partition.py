@@ -12,7 +12,7 @@ flax names (``net/Dense_0.kernel``) need no special case. Which element depends
 on which hyperparameter (and so Q_l) is found with forward-mode derivatives at
 a random point near the prior median, not by counting by hand.
 
-The hyperparameter metric is the constant c_l = Q_l/2 + α_l − 1 (DESIGN.md §3).
+The hyperparameter metric is the constant c_l = Q_l/2 + α_l − 1 (docs/design.md §3).
 Q_l counts the governed parameter elements that τ_l scales and, by default, the
 ``Normal`` observations it scales too (the exact curvature of the likelihood in
 log τ; the paper's choice, Q = 0 for an output precision, is
@@ -271,16 +271,25 @@ def _latent_and_observed(tr):
     for name, site in tr.items():
         if site["type"] != "sample":
             continue
-        if site["is_observed"]:
-            value = site["value"]
-            if not isinstance(_base(site["fn"]), dist.Unit) and not np.all(
-                np.isfinite(np.asarray(value))
-            ):
-                bad = int(np.size(value) - np.isfinite(np.asarray(value)).sum())
+        if site["is_observed"] and isinstance(site["value"], jax.core.Tracer):
+            # a value another kernel conditions on inside a jitted or parallel map
+            # (NumPyro's Gibbs), not data: nothing to check
+            observed.append(name)
+        elif site["is_observed"]:
+            value = np.asarray(site["value"])
+            finite = np.isfinite(value)
+            fn = site["fn"]
+            if isinstance(fn, dist.MaskedDistribution):  # obs_mask=, handlers.mask
+                # masked-out entries do not enter the density
+                mask = np.asarray(fn._mask)
+                mask = mask.reshape(mask.shape + (1,) * fn.event_dim)
+                finite = finite | ~np.broadcast_to(mask, value.shape)
+            bad = int(np.size(finite) - np.sum(finite))
+            if not isinstance(_base(site["fn"]), dist.Unit) and bad:
                 raise ValueError(
                     f"Observed site {name!r} has {bad} non-finite value(s) (NaN or inf)."
-                    " Drop or impute them, or pass obs_mask= to numpyro.sample so the"
-                    " missing entries are modelled."
+                    " Drop or impute them, or pass obs_mask= to numpyro.sample (True where"
+                    " observed) so that the missing entries are sampled."
                 )
             observed.append(name)
         else:
@@ -288,8 +297,12 @@ def _latent_and_observed(tr):
                 raise ValueError(
                     f"Latent site {name!r} has a discrete distribution"
                     f" ({type(_base(site['fn'])).__name__}); S3HMC samples continuous"
-                    " sites only. Marginalise it out in the model, observe it, or"
-                    " sample it with another kernel (e.g. numpyro.infer.HMCGibbs)."
+                    " sites only. Marginalise it out in the model (e.g. a"
+                    " MixtureSameFamily likelihood), observe it, or give the discrete"
+                    " sites a block of their own in NumPyro's Gibbs kernel:"
+                    " Gibbs([(DiscreteGibbs(model), discrete_latent_sites),"
+                    " (S3HMC(model), None)]), from numpyro.infer import Gibbs,"
+                    " DiscreteGibbs; from numpyro.infer.gibbs import discrete_latent_sites."
                 )
             latent[name] = site
     return latent, observed
