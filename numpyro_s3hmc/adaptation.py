@@ -5,7 +5,7 @@ of θ by its windowed schedule (``numpyro.infer.hmc_util.warmup_adapter``, the
 only import of that undocumented module in this package). From the variance
 v_i, and the window means of (∂U/∂θ_i)², of each θ element this module derives
 the constant diagonals s and d of G_θ(η) = s ⊙ prior precision(η) + d
-(DESIGN.md §7):
+(docs/design.md §6):
 
 - ``param_metric="prior*fisher"`` (default): G_θ,i(η) = s_i P_i(η), the prior
   precision scaled by s_i = max(F_i − 3 se(F_i), P̄_i) / P̄_i ≥ 1, with F_i and P̄_i

@@ -20,7 +20,7 @@ symplectic maps, so it is reversible and preserves volume by construction.
 - :func:`one_gradient_splitting`: H = V + K_θ + K_η with V = U + ½log|G_θ(η)|,
   K_θ = ½ r_θᵀG_θ(η)⁻¹r_θ, K_η = ½ r_ηᵀG_η⁻¹r_η; each flow is exact, and the
   Strang composition V(ε/2) K_θ(ε/2) K_η(ε) K_θ(ε/2) V(ε/2) needs one gradient
-  of U per step (DESIGN.md §5.3).
+  of U per step (docs/design.md §5.3).
 
 Every step has the signature ``step(state, step_size) -> (state, StepInfo)``.
 
@@ -112,7 +112,7 @@ def alba(
     param_steps: int = 1,
     hyper_steps: int = 1,
 ) -> Callable:
-    """ALBA in log-precision coordinates (DESIGN.md §5.1).
+    """ALBA in log-precision coordinates (docs/design.md §5.1).
 
     Parameters
     ----------
@@ -163,7 +163,7 @@ def implicit_alba(
     fixed_point_tol: float | None = None,
     fixed_point_max_iter: int = 100,
 ) -> Callable:
-    """ALBA with the hyperparameter block in τ coordinates (DESIGN.md §5.2).
+    """ALBA with the hyperparameter block in τ coordinates (docs/design.md §5.2).
 
     In τ the block's Hamiltonian is H_τ = V_η(log τ) + ½ Σ τ² r_τ² / c with
     r_τ = r_η / τ (the cotangent lift), i.e. the metric G_τ = c/τ² of the paper's
@@ -220,7 +220,7 @@ def implicit_alba(
 def one_gradient_splitting(
     potential_and_grad: PotentialAndGrad, metric: SemiSeparableMetric
 ) -> Callable:
-    """The Strang splitting V(ε/2) K_θ(ε/2) K_η(ε) K_θ(ε/2) V(ε/2) (DESIGN.md §5.3).
+    """The Strang splitting V(ε/2) K_θ(ε/2) K_η(ε) K_θ(ε/2) V(ε/2) (docs/design.md §5.3).
 
     The flow of K_θ = ½ r_θᵀG_θ(η)⁻¹r_θ moves θ by t G_θ(η)⁻¹ r_θ and r_η by
     −t ∂K_θ/∂η, both constant while η and r_θ stay fixed; the flow of K_η moves

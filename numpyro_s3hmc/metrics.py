@@ -1,6 +1,6 @@
 """The semi-separable metric of S3HMC and the energies built on it.
 
-Symbols (DESIGN.md §3-4): θ the parameters, η = log τ the log-precisions
+Symbols (docs/design.md §3–4): θ the parameters, η = log τ the log-precisions
 (NumPyro's unconstrained coordinates for Gamma sites), r_θ and r_η their momenta.
 The metric is block diagonal, :math:`G(θ, η) = \\mathrm{diag}(G_θ(η), G_η)`, with
 
@@ -18,7 +18,7 @@ With :math:`r_θ \\sim N(0, G_θ(η))` and :math:`r_η \\sim N(0, G_η)` the Ham
         + \\tfrac12 r_η^\\top G_η^{-1} r_η .
 
 The kinetic terms use the *inverse* metric: the paper's eq. (5) writes
-:math:`G` instead, which gives a biased sampler (DESIGN.md §8).
+:math:`G` instead, which gives a biased sampler (docs/design.md §7).
 """
 
 from collections.abc import Callable
@@ -58,7 +58,7 @@ def coupling_energy(metric: SemiSeparableMetric, eta: Array, r_theta: Array) -> 
 
     .. math:: \\tfrac12 \\log|G_θ(η)| + \\tfrac12 r_θ^\\top G_θ(η)^{-1} r_θ
 
-    Energy moves between θ and η through these terms (DESIGN.md §4).
+    Energy moves between θ and η through these terms (docs/design.md §4).
     """
     g_theta = metric.param_precision(eta)
     return 0.5 * jnp.sum(jnp.log(g_theta)) + 0.5 * jnp.sum(r_theta**2 / g_theta)

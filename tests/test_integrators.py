@@ -112,7 +112,7 @@ def test_energy_error_is_second_order(name):
 
 
 def test_logdet_cancels_prior_normaliser():
-    """½ log|G_θ(η)| cancels the −½ Σ log τ of the Normal prior inside U (DESIGN §4)."""
+    """½ log|G_θ(η)| cancels the −½ Σ log τ of the Normal prior inside U (docs/design.md §4)."""
     with jax.enable_x64(True):
         metric = make_metric(data_precision=0.0)
         theta = jnp.zeros(N_PARAMS)
