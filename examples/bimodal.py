@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -51,6 +52,12 @@ def model():
     numpyro.sample("x", mixture())
 
 
+def rhat_or_none(value) -> float | None:
+    """A table's R-hat as a JSON number, or None (null) where it is undefined: with
+    one chain the table has NaN (ArviZ needs two chains to compare)."""
+    return None if pd.isna(value) else float(value)
+
+
 def run_inference(args):
     """Run S3HMC and NUTS through :func:`numpyro_s3hmc.compare_samplers`."""
     kernels = {"S3HMC": S3HMC(model), "NUTS": NUTS(model)}
@@ -68,7 +75,7 @@ def run_inference(args):
 def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     table, idatas = run_inference(args)
-    print(table.T.to_string())
+    print(table.T.to_string(na_rep="n/a"))  # n/a: R-hat of one chain
     results = {}
     for name, idata in idatas.items():
         x = np.asarray(idata.posterior["x"])  # chains, draws, 2
@@ -83,7 +90,7 @@ def main(args):
             "min_ess_bulk": float(row["min ESS bulk"]),
             "grad_evals": float(row["grad evals"]),
             "ess_per_1k_grads": float(row["ESS/1k grads"]),
-            "max_rhat": float(row["max R-hat"]),
+            "max_rhat": rhat_or_none(row["max R-hat"]),
         }
     results["exact"] = {"mean": [0.0, 0.0], "fraction_in_mode_(2,-2)": 0.5}
     results["settings"] = vars(args)

@@ -41,6 +41,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -170,6 +171,32 @@ def evaluate(means, variances, y, y_sd: float) -> dict:
     return out, s
 
 
+def rhat_or_none(value) -> float | None:
+    """A table's R-hat as a JSON number, or None (null) where it is undefined: with
+    one chain the table has NaN (ArviZ needs two chains to compare)."""
+    return None if pd.isna(value) else float(value)
+
+
+def posterior_draws(idata, sites) -> dict:
+    """``{site: (draws, ...)}`` of each model site, chains pooled, from a run of
+    ArviZ 0.x (InferenceData) or 1.x (DataTree).
+
+    A DataTree cannot name a variable with "/", so with ArviZ 1.x the flax sites
+    (``net/Dense_0.kernel``) are in the posterior as ``net.Dense_0.kernel``; the
+    draws go back under the model's names, which ``predict`` conditions on (it
+    would draw a site it does not find from its prior, silently).
+    """
+    names = set(idata.posterior.data_vars)
+    post = {}
+    for site in sites:
+        found = [n for n in (site, site.replace("/", ".")) if n in names]
+        if not found:
+            raise KeyError(f"the posterior has no variable for the site {site!r}")
+        v = np.asarray(idata.posterior[found[0]])  # (chain, draw, ...)
+        post[site] = v.reshape(-1, *v.shape[2:])
+    return post
+
+
 def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     data = load_data(seed=args.seed)
@@ -199,12 +226,12 @@ def main(args):
         rng_key=key_mcmc,
         progress_bar=False,
     )
-    print(table.T.to_string())
+    print(table.T.to_string(na_rep="n/a"))  # n/a: R-hat of one chain
 
     results, summaries = {}, {}
     results["MAP"], summaries["MAP"] = evaluate(map_pred["mean"], map_pred["var"], yt, y_sd)
     for name, idata in idatas.items():
-        post = {k: np.asarray(v).reshape(-1, *v.shape[2:]) for k, v in idata.posterior.items()}
+        post = posterior_draws(idata, point)
         pred = predict(model, post, xt)
         results[name], summaries[name] = evaluate(pred["mean"], pred["var"], yt, y_sd)
         row = table.loc[name]
@@ -214,7 +241,7 @@ def main(args):
             "ess_per_s": float(row["ESS/s"]),
             "ess_per_1k_grads": float(row["ESS/1k grads"]),
             "grads_per_draw": float(row["grads/draw"]),
-            "max_rhat": float(row["max R-hat"]),
+            "max_rhat": rhat_or_none(row["max R-hat"]),
             "divergences": float(row["divergences"]),
             "wall_s": float(row["wall (s)"]),
             "sampling_s": float(row["sampling (s)"]),

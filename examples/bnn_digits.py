@@ -43,7 +43,6 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -55,6 +54,7 @@ from flax import linen as nn  # noqa: E402
 from numpyro.infer import MCMC  # noqa: E402
 
 from numpyro_s3hmc import S3HMC  # noqa: E402
+from numpyro_s3hmc._arviz import arviz  # noqa: E402
 from numpyro_s3hmc.bnn import (  # noqa: E402
     classification_summary,
     hierarchical_bnn,
@@ -212,9 +212,12 @@ def s3hmc_diagnostics(mcmc, num_chains: int) -> dict:
     trajectories are antithetic, and NumPyro's ESS estimate of such a chain can
     come out negative.
     """
+    az = arviz()  # ArviZ 0.x or 1.x, without 0.23's FutureWarning banner on import
     samples = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields()
-    ds = az.convert_to_dataset({k: np.asarray(v) for k, v in samples.items()})
+    # ArviZ 1.x keeps datasets in an xarray DataTree, whose variable names cannot
+    # hold "/": the flax sites (net/Dense_0.kernel) are renamed net.Dense_0.kernel
+    ds = az.convert_to_dataset({k.replace("/", "."): np.asarray(v) for k, v in samples.items()})
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant draws in tiny runs
         ess = az.ess(ds, method="bulk")
@@ -224,15 +227,21 @@ def s3hmc_diagnostics(mcmc, num_chains: int) -> dict:
     out = {
         "min_ess_bulk_all_weights_and_precisions": float(np.nanmin(all_ess)),
         "median_ess_bulk": float(np.nanmedian(all_ess)),
-        "max_rhat": None,
+        "max_rhat": None,  # null (JSON) with one chain: R-hat compares chains
         "grads_per_draw": float(np.mean(extra["num_grad_evals"])),
         "divergences": int(np.sum(extra["diverging"])),
-        "precisions": {k: {"mean": float(ds[k].mean()), "ess_bulk": float(ess[k])} for k in taus},
+        "precisions": {
+            k: {"mean": float(ds[k].mean()), "ess_bulk": float(ess[k]), "r_hat": None} for k in taus
+        },
     }
     if rhat is not None:
-        out["max_rhat"] = float(np.nanmax([np.nanmax(rhat[k].values) for k in rhat.data_vars]))
+        # NaN: an element whose draws are all equal (tiny runs); the max ignores it
+        all_rhat = np.concatenate([np.ravel(rhat[k].values) for k in rhat.data_vars])
+        known = all_rhat[~np.isnan(all_rhat)]
+        out["max_rhat"] = float(known.max()) if known.size else None
         for k in taus:
-            out["precisions"][k]["r_hat"] = float(rhat[k])
+            r = float(rhat[k])
+            out["precisions"][k]["r_hat"] = None if np.isnan(r) else r
     return out
 
 

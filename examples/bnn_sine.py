@@ -176,6 +176,14 @@ def ais_log_marginal(bnn, x, y, *, num_temps: int, num_particles: int, rng_key) 
     }
 
 
+def r_hat(stats: dict, args) -> float | None:
+    """A precision's R-hat as a JSON number, or None (null) where it is undefined:
+    with one chain (as in the other examples, which use ArviZ's R-hat: it compares
+    chains) or when the draws are constant (NaN, in tiny runs)."""
+    value = float(stats["r_hat"])
+    return None if args.num_chains < 2 or np.isnan(value) else value
+
+
 def summarise(name, bnn, mcmc, x, y, xgrid, args, key):
     samples = mcmc.get_samples()
     extra = mcmc.get_extra_fields()
@@ -195,7 +203,7 @@ def summarise(name, bnn, mcmc, x, y, xgrid, args, key):
         "grads_per_draw": float(np.mean(extra["num_grad_evals"])),
         "divergences": int(np.sum(extra["diverging"])),
         "precisions": {
-            k: {"mean": float(v["mean"]), "n_eff": float(v["n_eff"]), "r_hat": float(v["r_hat"])}
+            k: {"mean": float(v["mean"]), "n_eff": float(v["n_eff"]), "r_hat": r_hat(v, args)}
             for k, v in summary.items()
         },
     }

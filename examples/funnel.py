@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -57,6 +58,12 @@ def noncentred_model(dim: int = DIM):
     numpyro.deterministic("x", z / jnp.sqrt(tau))
 
 
+def rhat_or_none(value) -> float | None:
+    """A table's R-hat as a JSON number, or None (null) where it is undefined: with
+    one chain the table has NaN (ArviZ needs two chains to compare)."""
+    return None if pd.isna(value) else float(value)
+
+
 def run_inference(args):
     """Run the three samplers through :func:`numpyro_s3hmc.compare_samplers`."""
     kernels = {
@@ -78,7 +85,7 @@ def run_inference(args):
 def main(args):
     os.makedirs(args.output_dir, exist_ok=True)
     table, idatas = run_inference(args)
-    print(table.T.to_string())
+    print(table.T.to_string(na_rep="n/a"))  # n/a: R-hat of one chain
     results = {}
     for name, idata in idatas.items():
         tau = np.asarray(idata.posterior["tau"])
@@ -90,6 +97,7 @@ def main(args):
             "grad_evals": float(row["grad evals"]),
             "ess_tau_per_1k_grads": float(1000 * row["ESS bulk tau"] / max(row["grad evals"], 1)),
             "divergences": int(row["divergences"]),
+            "max_rhat": rhat_or_none(row["max R-hat"]),
             "sampling_s": float(row["sampling (s)"]),
         }
     results["exact"] = {"mean_tau": 2.0, "var_tau": 2.0}

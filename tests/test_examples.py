@@ -17,7 +17,7 @@ def load(name: str):
     return module
 
 
-TINY = ["--num-warmup", "20", "--num-samples", "10", "--num-chains", "2"]
+TINY = ["--num-warmup", "20", "--num-samples", "10"]
 
 CASES = {
     "funnel": ([], ["funnel.png", "funnel.json"]),
@@ -41,9 +41,40 @@ SINE_FULL = (
 )
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_example_runs(name, tmp_path):
-    numbers = check(name, *CASES[name], tmp_path)
+# one chain as well as two where compare_samplers makes the table: its R-hat is
+# undefined with one chain, and the JSON must say null (not NaN, not a crash)
+ONE_CHAIN_TOO = ("funnel", "bimodal", "bnn_diabetes")
+RUNS = [
+    pytest.param(name, chains, id=f"{name}-{chains}chain")
+    for name in CASES
+    for chains in ((1, 2) if name in ONE_CHAIN_TOO else (2,))
+]
+
+
+def max_rhats(name: str, numbers: dict) -> list:
+    """The max R-hat of each sampler in an example's JSON (bnn_sine has none)."""
+    if name in ("funnel", "bimodal"):
+        return [v["max_rhat"] for k, v in numbers.items() if k not in ("exact", "settings")]
+    if name == "bnn_diabetes":
+        return [v["sampler"]["max_rhat"] for v in numbers.values() if "sampler" in v]
+    if name == "bnn_digits":
+        return [numbers["S3HMC BNN"]["sampler"]["max_rhat"]]
+    return []
+
+
+@pytest.mark.parametrize(("name", "num_chains"), RUNS)
+def test_example_runs(name, num_chains, tmp_path):
+    numbers = check(name, *CASES[name], tmp_path, num_chains=num_chains)
+    assert numbers["settings"]["num_chains"] == num_chains
+    rhats = max_rhats(name, numbers)
+    assert rhats or name == "bnn_sine"
+    for rhat in rhats:
+        if num_chains == 1:
+            assert rhat is None
+        elif name == "bnn_digits":  # inf too: a chain that never moved in its 10 draws
+            assert isinstance(rhat, float) and not np.isnan(rhat)
+        else:
+            assert isinstance(rhat, float) and np.isfinite(rhat)
     if name == "bnn_diabetes":
         for k in ("MAP", "S3HMC"):
             assert np.isfinite(numbers[k]["rmse"]) and numbers[k]["rmse"] > 0
@@ -123,10 +154,11 @@ def test_digits_auroc_matches_pairwise_count():
     assert ex.auroc(np.ones(3), np.zeros(4)) == 0.0
 
 
-def check(name, extra, files, tmp_path):
+def check(name, extra, files, tmp_path, num_chains=2):
     module = load(name)
     assert module.__doc__.lstrip().startswith("Example: ")
-    args = module.parse_args([*TINY, *extra, "--output-dir", str(tmp_path)])
+    chains = ["--num-chains", str(num_chains)]
+    args = module.parse_args([*TINY, *chains, *extra, "--output-dir", str(tmp_path)])
     results = module.main(args)
     for f in files:
         path = tmp_path / f
