@@ -495,11 +495,16 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
         def along(v, k=k):
             return rows(x0, {**zpos0, k: v})
 
-        t = jnp.asarray(rng.normal(size=np.shape(value)), jnp.result_type(value))
-        _, (dp, ddf) = jax.jvp(along, (value,), (t,))
+        scalar = np.size(value) == 1  # then a unit tangent gives the Jacobian itself
+        t = np.ones(np.shape(value)) if scalar else rng.normal(size=np.shape(value))
+        _, (dp, ddf) = jax.jvp(along, (value,), (jnp.asarray(t, jnp.result_type(value)),))
         dp, ddf = np.asarray(dp), np.asarray(ddf)
         if not (dp.any() or ddf.any()):
             jac[k] = None
+            continue
+        if scalar:
+            jac[k] = dp[:, None], ddf[:, None]
+            valid &= ddf == 0
             continue
         jp, jdf = jax.jacfwd(lambda v, along=along: along(jnp.reshape(v, jnp.shape(value))))(
             jnp.ravel(value)
