@@ -235,3 +235,14 @@ def test_family_funnel_50d_long(name):
     s, diverging = sample(lambda: funnel_block(name, 50), 1000, 5000, seed=1)
     check_family(s, name, min_ess=1000)
     assert diverging <= 0.001 * 4 * 5000
+
+
+def test_kernel_passes_a_hyper_sites_mapping():
+    def model():
+        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+        numpyro.sample("w", dist.Normal(0.0, sigma).expand([3]))
+
+    for hyper_sites, hyper in ((None, ("sigma",)), ({"sigma": False}, ())):
+        kernel = S3HMC(model, hyper_sites=hyper_sites)
+        MCMC(kernel, num_warmup=5, num_samples=5, progress_bar=False).run(jax.random.PRNGKey(0))
+        assert kernel.partition.hyper == hyper
