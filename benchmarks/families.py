@@ -154,8 +154,8 @@ def markdown(cells, families, seeds, command) -> str:
     return "\n".join(lines)
 
 
-def write_results(text):
-    path = HERE / "results.md"
+def write_results(text, path=HERE / "results.md"):
+    """Put ``text`` between the family markers of ``path``, adding the section once."""
     old = path.read_text()
     block = f"{START}\n{text}\n{END}"
     if START in old:

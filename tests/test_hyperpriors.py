@@ -246,3 +246,24 @@ def test_kernel_passes_a_hyper_sites_mapping():
         kernel = S3HMC(model, hyper_sites=hyper_sites)
         MCMC(kernel, num_warmup=5, num_samples=5, progress_bar=False).run(jax.random.PRNGKey(0))
         assert kernel.partition.hyper == hyper
+
+
+def test_family_benchmark_models_and_report(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "families.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_families", path)
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    for family, (prior, role) in families.FAMILIES.items():
+        p = partition_sites(families.funnel(family, 50))
+        assert p.hyper == ("h",) and p.hyper_sites["h"].role == role, family
+        assert p.hyper_sites["h"].prior == type(prior()).__name__
+    report = tmp_path / "results.md"
+    report.write_text("# Benchmarks\n\nkept\n")
+    families.write_results("first table", report)
+    families.write_results("second table", report)
+    text = report.read_text()
+    assert "kept" in text and "second table" in text and "first table" not in text
+    assert text.count("## Hyperprior families") == 1
