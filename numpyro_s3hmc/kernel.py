@@ -151,19 +151,21 @@ class S3HMCState(NamedTuple):
 
 
 class S3HMC(MCMCKernel):
-    """Semi-separable HMC for models with Gamma precision hyperpriors.
+    """Semi-separable HMC for hierarchical models: precision, variance or scale hyperpriors.
 
     The kernel traces ``model`` to split its latent sites into parameters θ and
-    hyperparameters η = log τ (every ``Gamma`` site, see
-    :func:`~numpyro_s3hmc.partition_sites`), and samples both jointly with a
-    Riemannian metric: the prior precision of each parameter at the current τ
-    (scaled in warmup to the posterior's curvature), and the paper's
-    c_l = Q_l/2 + α_l − 1 for the log-precisions. Exact: every transition ends
-    in a Metropolis-Hastings test on the full Hamiltonian.
+    hyperparameters η = log h (every positive site that scales a ``Normal`` or
+    ``StudentT`` child, whatever its prior, see
+    :func:`~numpyro_s3hmc.partition_sites` and docs/design.md §1), and samples both
+    jointly with a Riemannian metric: the prior precision of each parameter at the
+    current h (scaled in warmup to the posterior's curvature), and for each η_l the
+    constant c_l, its children's Fisher information in η_l (the paper's
+    c_l = Q_l/2 + α_l − 1 for a Gamma precision; docs/design.md §3). Exact: every
+    transition ends in a Metropolis-Hastings test on the full Hamiltonian.
 
     Parameters
     ----------
-    model : a NumPyro model; its Gamma precisions are plain ``numpyro.sample``.
+    model : a NumPyro model; its hyperparameters are plain ``numpyro.sample``.
     integrator : ``"splitting"`` (one gradient a step, default), ``"alba"``
         (the paper's ALBA in log τ) or ``"implicit_alba"`` (ALBA in τ with the
         implicit generalised leapfrog, as the paper writes it).

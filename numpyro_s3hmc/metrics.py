@@ -1,14 +1,15 @@
 """The semi-separable metric of S3HMC and the energies built on it.
 
-Symbols (docs/design.md §3–4): θ the parameters, η = log τ the log-precisions
-(NumPyro's unconstrained coordinates for Gamma sites), r_θ and r_η their momenta.
+Symbols (docs/design.md §3–4): θ the parameters, η = log h the log-hyperparameters
+(NumPyro's unconstrained coordinates for positive sites), r_θ and r_η their momenta.
 The metric is block diagonal, :math:`G(θ, η) = \\mathrm{diag}(G_θ(η), G_η)`, with
 
 - :math:`G_θ(η)` diagonal: the prior precision of each parameter element at the
   current η (read from the model's own ``Normal`` sites), plus a constant
   diagonal term (the adapted "data precision");
-- :math:`G_η = \\mathrm{diag}(c)` constant, :math:`c_l = Q_l/2 + α_l - 1`
-  (the paper's eq. 6 pulled back to η = log τ).
+- :math:`G_η = \\mathrm{diag}(c)` constant, :math:`c_l` the Fisher information in
+  η_l of the children h_l scales (:math:`c_l = Q_l/2 + α_l - 1` for a Gamma
+  precision, the paper's eq. 6 pulled back to η = log τ).
 
 With :math:`r_θ \\sim N(0, G_θ(η))` and :math:`r_η \\sim N(0, G_η)` the Hamiltonian is
 

@@ -1,28 +1,36 @@
 """Find the parameter and hyperparameter blocks of a NumPyro model by tracing it.
 
-- **hyperparameters** (η = log τ): latent sites with a ``Gamma`` prior, or the
-  sites named in ``hyper_sites=``;
+- **hyperparameters** (η = log h): every continuous latent site with positive
+  support (``Gamma``, ``HalfNormal``, ``HalfCauchy``, ``Exponential``,
+  ``LogNormal``, ``InverseGamma``, ...) that sets the scale of at least one
+  ``Normal`` or ``StudentT`` child, latent or observed, whatever its own prior; or
+  the sites named in ``hyper_sites=`` (docs/design.md §1);
 - **parameters** (θ): every other continuous latent site.
 
-A parameter element is *governed* when its prior is ``Normal(loc, scale)`` and
-its scale depends on the hyperparameters only; its prior precision
-``1/scale**2`` at the current η is then read from the model itself, so
-``1/sqrt(tau)``, ``1/sqrt(kappa * tau)``, plates, ``expand``, ``to_event`` and
-flax names (``net/Dense_0.kernel``) need no special case. Which element depends
-on which hyperparameter (and so Q_l) is found with forward-mode derivatives at
-a random point near the prior median, not by counting by hand.
+A parameter element is *governed* when its prior is ``Normal(loc, scale)`` (or a
+``StudentT`` with constant degrees of freedom) and its scale depends on the
+hyperparameters only; its prior precision ``1/scale**2`` at the current η is then
+read from the model itself, so ``1/sqrt(tau)``, ``1/sqrt(kappa * tau)``, ``sigma``,
+plates, ``expand``, ``to_event`` and flax names (``net/Dense_0.kernel``) need no
+special case. Which element depends on which hyperparameter, and how, is found with
+forward-mode derivatives at a random point, not by matching expressions.
 
-The hyperparameter metric is the constant c_l = Q_l/2 + α_l − 1 (docs/design.md §3).
-Q_l counts the governed parameter elements that τ_l scales and, by default, the
-``Normal`` observations it scales too (the exact curvature of the likelihood in
-log τ; the paper's choice, Q = 0 for an output precision, is
-``count_observations=False``). Where c_l ≤ 0 the fallback is c_l = Q_l/2 + α_l,
-the expected Fisher information of the Gamma prior in log τ, with a warning.
+The hyperparameter metric is the constant (docs/design.md §3)
+
+    c_l = Σ_i w_i ½ (∂ log P_i / ∂η_l)² + k_l,
+
+the Fisher information in η_l of the children it scales (½ per precision or
+variance child, 2 per scale child; w_i = 1 for a ``Normal``, ν/(ν + 3) for a
+``StudentT``), with k_l = α_l − 1 for a ``Gamma(α, β)`` precision (the paper's
+c = Q/2 + α − 1) and k_l = 0 otherwise. Q_l counts the children; by default the
+``Normal`` observations count too (``count_observations=False`` is the paper's
+Q = 0 for an output precision). Where c_l ≤ 0 the fallback adds α_l (1 for a
+non-Gamma site) instead of k_l, with a warning.
 """
 
 import dataclasses
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -51,8 +59,12 @@ class HyperSite:
     alpha: np.ndarray  # Gamma concentration, broadcast to shape (1 if not Gamma)
     q: np.ndarray  # governed elements per hyperparameter element
     c: np.ndarray  # metric constant per element, after the fallback
-    fallback: np.ndarray  # where Q/2 + α − 1 ≤ 0 and the fallback was used
+    fallback: np.ndarray  # where Fisher + k ≤ 0 and the fallback was used
     governs: tuple  # names of the sites it scales
+    prior: str = ""  # the hyperprior's family, e.g. "HalfCauchy"
+    role: str = ""  # "precision", "variance", "scale", "mixed", "other" or "none"
+    fisher: np.ndarray | None = None  # the children's Fisher information in η, per element
+    k: np.ndarray | None = None  # the added constant: α − 1 for a Gamma precision, else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +73,7 @@ class ParamSite:
     prior: str
     governed: np.ndarray  # bool per element: metric from the prior precision
     governed_by: tuple  # hyperparameter sites its prior scale depends on
+    positive: bool = False  # a positive site left in θ (it scales no supported child)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +103,14 @@ class SitePartition:
         return np.concatenate([self.param_sites[k].governed.ravel() for k in self.params])
 
     def __str__(self) -> str:
-        lines = ["hyperparameters (η = log τ):"]
+        lines = ["hyperparameters (η = log h; c = children's Fisher information in η + k):"]
         for k in self.hyper:
             h = self.hyper_sites[k]
+            extra = f" α={_short(h.alpha)}" if h.prior == "Gamma" else ""
             lines.append(
-                f"  {k:<28} shape={h.shape!s:<10} α={_short(h.alpha)} "
-                f"Q={_short(h.q)} c={_short(h.c)}"
-                + ("  [fallback c = Q/2 + α]" if h.fallback.any() else "")
+                f"  {k:<28} shape={h.shape!s:<10} {h.prior or '?':<12} {h.role or '?':<9}"
+                f"{extra} Q={_short(h.q)} c={_short(h.c)}"
+                + ("  [fallback c = Fisher + α]" if h.fallback.any() else "")
                 + (f"  scales: {', '.join(h.governs)}" if h.governs else "")
             )
         if not self.hyper:
@@ -110,7 +124,12 @@ class SitePartition:
                 else ("adapted constant" if not p.governed.any() else "mixed")
             )
             by = f" <- {', '.join(p.governed_by)}" if p.governed_by else ""
-            lines.append(f"  {k:<28} shape={p.shape!s:<10} {p.prior:<10} {metric}{by}")
+            note = (
+                "  (positive, but scales no Normal or StudentT child: a plain parameter)"
+                if p.positive
+                else ""
+            )
+            lines.append(f"  {k:<28} shape={p.shape!s:<10} {p.prior:<12} {metric}{by}{note}")
         return "\n".join(lines)
 
 
@@ -129,15 +148,33 @@ def _base(fn):
     return fn
 
 
-def _normal_precision(site) -> Array | None:
-    """The prior precision of each element of a ``Normal`` site, else None."""
+def _is_positive(fn) -> bool:
+    """Whether a site's support is the positive reals (elementwise, any event shape)."""
+    support = fn.support
+    while isinstance(support, constraints._IndependentConstraint):
+        support = support.base_constraint
+    return support is constraints.positive
+
+
+def _child(site) -> tuple[Array, Array] | None:
+    """(precision, df) of each element of a ``Normal`` or ``StudentT`` site, else None.
+
+    The precision is what the θ metric uses: ``1/scale**2`` for a ``Normal``, and the
+    location Fisher information ``(ν + 1)/((ν + 3) scale**2)`` for a ``StudentT`` with
+    ``ν`` degrees of freedom; df is ``inf`` for a ``Normal`` (docs/design.md §1, §3).
+    """
     fn = _base(site["fn"])
-    if not isinstance(fn, dist.Normal):
+    if isinstance(fn, dist.Normal):
+        precision, df = 1.0 / fn.scale**2, jnp.inf
+    elif isinstance(fn, dist.StudentT):
+        df = fn.df
+        precision = (df + 1.0) / ((df + 3.0) * fn.scale**2)
+    else:
         return None
-    precision = 1.0 / fn.scale**2
     if site.get("scale") is not None:  # numpyro.handlers.scale multiplies log p
         precision = precision * site["scale"]
-    return jnp.broadcast_to(precision, jnp.shape(site["value"]))
+    shape = jnp.shape(site["value"])
+    return jnp.broadcast_to(precision, shape), jnp.broadcast_to(jnp.asarray(df, float), shape)
 
 
 def substitute_unconstrained(model: Callable, z: dict) -> Callable:
@@ -160,13 +197,34 @@ def site_precisions(model, model_args, model_kwargs, z, obs_names):
         )
     latent = {}
     for name, value in z.items():
-        p = _normal_precision(tr[name])
-        latent[name] = jnp.zeros(jnp.shape(value)) if p is None else p
+        child = _child(tr[name])
+        latent[name] = jnp.zeros(jnp.shape(value)) if child is None else child[0]
     observed = {}
     for name in obs_names:
-        p = _normal_precision(tr[name])
-        observed[name] = jnp.zeros(jnp.shape(tr[name]["value"])) if p is None else p
+        child = _child(tr[name])
+        observed[name] = jnp.zeros(jnp.shape(tr[name]["value"])) if child is None else child[0]
     return latent, observed
+
+
+def _child_rows(model, model_args, model_kwargs, z, row_sites, obs_names):
+    """Flat (precision, df) over the elements of ``row_sites`` then of ``obs_names``.
+
+    Unsupported children (not ``Normal`` or ``StudentT``) get precision 0, df 0.
+    """
+    with numpyro.validation_enabled(False):
+        tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(
+            *model_args, **model_kwargs
+        )
+    precision, df = {}, {}
+    for name in tuple(row_sites) + tuple(obs_names):
+        child = _child(tr[name])
+        shape = jnp.shape(tr[name]["value"])
+        precision[name], df[name] = (jnp.zeros(shape), jnp.zeros(shape)) if child is None else child
+    flat = [
+        ravel_pytree([{k: d[k] for k in row_sites}, {k: d[k] for k in obs_names}])[0]
+        for d in (precision, df)
+    ]
+    return flat[0], flat[1]
 
 
 def split_z(z: dict, partition: SitePartition) -> tuple[Array, Array]:
@@ -238,10 +296,13 @@ def partition_sites(
     ----------
     model : a NumPyro model.
     model_args, model_kwargs : the arguments the model is run with.
-    hyper_sites : names of the hyperparameter sites, overriding the default
-        (every latent ``Gamma`` site). Each must have positive support.
-    count_observations : count the ``Normal`` observations an output precision
-        scales in its Q_l (default), or not (the paper's Q = 0).
+    hyper_sites : the hyperparameter sites. Default: every positive latent site
+        that scales a ``Normal`` or ``StudentT`` child (docs/design.md §1). A
+        sequence of names replaces the default; a mapping edits it, ``True`` adding
+        a site and ``False`` removing one, e.g. ``{"sigma": False}``. An added site
+        must have positive support.
+    count_observations : count the observations a hyperparameter scales in its
+        Q_l and c_l (default), or not (the paper's Q = 0 for an output precision).
     seed : seed of the random point at which dependencies are traced.
 
     Raises
@@ -260,6 +321,12 @@ def partition_sites(
     >>> p = partition_sites(model)
     >>> p.hyper, p.params, float(p.hyper_sites["tau"].c[()])
     (('tau',), ('x',), 26.0)
+    >>> def scale_model():
+    ...     sigma = numpyro.sample("sigma", dist.HalfCauchy(1.0))
+    ...     numpyro.sample("x", dist.Normal(0.0, sigma).expand([50]))
+    >>> h = partition_sites(scale_model).hyper_sites["sigma"]
+    >>> h.role, h.prior, int(h.q), float(h.c)
+    ('scale', 'HalfCauchy', 50, 100.0)
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
     with jax.ensure_compile_time_eval():
@@ -330,116 +397,210 @@ def _random_point(seed_value: int) -> Callable:
     return substitute_fn
 
 
+_ROLES = {1.0: "precision", -1.0: "variance", -2.0: "scale"}
+
+
+def _snap(power: np.ndarray) -> np.ndarray:
+    """∂ log P/∂η rounded to the nearest half where it is within 1e-3 of it: a child
+    precision that is a power of h gives an exact Fisher constant despite round-off."""
+    nearest = np.round(2 * power) / 2
+    return np.where(np.abs(power - nearest) < 1e-3, nearest, power)
+
+
+def _role(powers: np.ndarray) -> str:
+    """How a hyperparameter enters its children, from their ∂ log P/∂η."""
+    if powers.size == 0:
+        return "none"
+    roles = {_ROLES.get(float(p), "other") for p in np.unique(powers)}
+    return roles.pop() if len(roles) == 1 else "mixed"
+
+
+def _select_hyper(hyper_sites, auto, latent, positive) -> tuple:
+    """The hyperparameter sites: ``auto``, replaced (a sequence) or edited (a mapping)."""
+    if hyper_sites is None:
+        return auto
+    if isinstance(hyper_sites, Mapping):
+        named = hyper_sites
+    elif isinstance(hyper_sites, str):
+        raise TypeError(
+            f"hyper_sites={hyper_sites!r} is a string; pass a sequence of site names,"
+            f" e.g. ({hyper_sites!r},), or a mapping {{name: True/False}}."
+        )
+    else:
+        named = dict.fromkeys(hyper_sites, True)
+    for k, keep in named.items():
+        if k not in latent:
+            raise ValueError(
+                f"hyper_sites names {k!r}, which is not a continuous latent site"
+                f" of the model; latent sites: {sorted(latent)}."
+            )
+        if keep and k not in positive:
+            raise ValueError(
+                f"hyper_sites names {k!r}, whose support is"
+                f" {latent[k]['fn'].support}; a hyperparameter must be a positive"
+                " site (a precision, variance or scale), sampled in log coordinates."
+            )
+    if isinstance(hyper_sites, Mapping):
+        chosen = (set(auto) | {k for k, v in named.items() if v}) - {
+            k for k, v in named.items() if not v
+        }
+    else:
+        chosen = set(named)
+    return tuple(sorted(chosen))
+
+
 def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_value):
     tr = trace(
         substitute(seed(model, seed_value), substitute_fn=_random_point(seed_value))
     ).get_trace(*model_args, **model_kwargs)
     latent, obs_names = _latent_and_observed(tr)
-
-    if hyper_sites is None:
-        hyper = tuple(k for k, s in latent.items() if isinstance(_base(s["fn"]), dist.Gamma))
-    else:
-        hyper = tuple(hyper_sites)
-        for k in hyper:
-            if k not in latent:
-                raise ValueError(
-                    f"hyper_sites names {k!r}, which is not a continuous latent site"
-                    f" of the model; latent sites: {sorted(latent)}."
-                )
-            if latent[k]["fn"].support is not constraints.positive:
-                raise ValueError(
-                    f"hyper_sites names {k!r}, whose support is"
-                    f" {latent[k]['fn'].support}; a hyperparameter must be a positive"
-                    " site (a precision), sampled in log coordinates."
-                )
-    hyper = tuple(sorted(hyper))
-    params = tuple(sorted(k for k in latent if k not in hyper))
+    obs_names = tuple(sorted(obs_names))
     z0 = {k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latent.items()}
 
-    theta0, unravel_theta = ravel_pytree({k: z0[k] for k in params})
-    eta0, unravel_eta = ravel_pytree({k: z0[k] for k in hyper})
+    # candidates: the positive sites; rows: the elements of every other latent site
+    # and of every observation, the possible Normal / StudentT children
+    positive = tuple(sorted(k for k, s in latent.items() if _is_positive(s["fn"])))
+    others = tuple(sorted(k for k in latent if k not in positive))
+    x0, unravel_x = ravel_pytree({k: z0[k] for k in others})
 
-    def precisions(theta, eta):
-        z = {**unravel_theta(theta), **unravel_eta(eta)}
-        latent_p, obs_p = site_precisions(model, model_args, model_kwargs, z, obs_names)
-        lat, _ = ravel_pytree({k: latent_p[k] for k in params})
-        ob, _ = ravel_pytree({k: obs_p[k] for k in obs_names})
-        return lat, ob
+    def rows(x, zpos):
+        z = {**unravel_x(x), **zpos}
+        return _child_rows(model, model_args, model_kwargs, z, others, obs_names)
 
-    lat0, ob0 = precisions(theta0, eta0)
-    tangent = jnp.asarray(
-        np.random.default_rng(seed_value + 1).normal(size=theta0.shape), theta0.dtype
+    zpos0 = {k: jnp.asarray(z0[k]) for k in positive}
+    prec0, df0 = (np.asarray(a) for a in rows(x0, zpos0))
+    n_lat = int(sum(np.size(z0[k]) for k in others))
+    supported = np.concatenate(
+        [np.full(np.size(z0[k]), _child(latent[k]) is not None, bool) for k in others]
+        + [np.full(np.size(tr[k]["value"]), _child(tr[k]) is not None, bool) for k in obs_names]
+        + [np.zeros(0, bool)]
     )
-    _, (dlat_dtheta, dob_dtheta) = jax.jvp(lambda t: precisions(t, eta0), (theta0,), (tangent,))
-    if eta0.size:
-        dlat_deta, dob_deta = jax.jacfwd(lambda e: precisions(theta0, e))(eta0)
-    else:
-        dlat_deta = jnp.zeros((lat0.size, 0))
-        dob_deta = jnp.zeros((ob0.size, 0))
-
-    is_normal = {k: _normal_precision(latent[k]) is not None for k in params}
-    normal_flat, _ = ravel_pytree({k: jnp.full(jnp.shape(z0[k]), is_normal[k]) for k in params})
-    governed = (
-        np.asarray(normal_flat, bool)
-        & (np.asarray(dlat_dtheta) == 0)
-        & np.isfinite(np.asarray(lat0))
-        & (np.asarray(lat0) > 0)
+    rng = np.random.default_rng(seed_value + 1)
+    # one directional derivative along the non-positive sites: which rows depend on θ
+    tangent = jnp.asarray(rng.normal(size=x0.shape), x0.dtype)
+    _, (dprec_dx, ddf_dx) = jax.jvp(lambda x: rows(x, zpos0), (x0,), (tangent,))
+    valid = (
+        supported
+        & (np.asarray(dprec_dx) == 0)
+        & (np.asarray(ddf_dx) == 0)
+        & np.isfinite(prec0)
+        & (prec0 > 0)
     )
-    obs_normal, _ = ravel_pytree(
-        {
-            k: jnp.full(jnp.shape(tr[k]["value"]), _normal_precision(tr[k]) is not None)
-            for k in obs_names
-        }
-    )
-    obs_governed = np.asarray(obs_normal, bool) & (np.asarray(dob_dtheta) == 0)
+    # per positive site: a directional derivative first, the Jacobian only if it is
+    # non-zero somewhere, so a positive site without children costs one pass
+    jac = {}
+    for k in positive:
+        value = zpos0[k]
 
-    dep = (np.asarray(dlat_deta) != 0) & governed[:, None]  # (n_params, n_hyper)
-    obs_dep = (np.asarray(dob_deta) != 0) & obs_governed[:, None]
-    q = dep.sum(0) + (obs_dep.sum(0) if count_obs else 0)
+        def along(v, k=k):
+            return rows(x0, {**zpos0, k: v})
 
-    param_infos, offset = {}, 0
+        scalar = np.size(value) == 1  # then a unit tangent gives the Jacobian itself
+        t = np.ones(np.shape(value)) if scalar else rng.normal(size=np.shape(value))
+        _, (dp, ddf) = jax.jvp(along, (value,), (jnp.asarray(t, jnp.result_type(value)),))
+        dp, ddf = np.asarray(dp), np.asarray(ddf)
+        if not (dp.any() or ddf.any()):
+            jac[k] = None
+            continue
+        if scalar:
+            jac[k] = dp[:, None], ddf[:, None]
+            valid &= ddf == 0
+            continue
+        jp, jdf = jax.jacfwd(lambda v, along=along: along(jnp.reshape(v, jnp.shape(value))))(
+            jnp.ravel(value)
+        )
+        jac[k] = np.asarray(jp), np.asarray(jdf)
+        valid &= ~np.asarray(jdf).any(1)  # a df that depends on a site: not covered
+
+    auto = tuple(k for k in positive if jac[k] is not None and jac[k][0][valid].any())
+    hyper = _select_hyper(hyper_sites, auto, latent, positive)
+    params = tuple(sorted(k for k in latent if k not in hyper))
+
+    governed_rows = valid.copy()
+    for k in positive:
+        if k not in hyper and jac[k] is not None:
+            governed_rows &= ~jac[k][0].any(1)  # scaled by a parameter: not governed
+    counted_rows = governed_rows.copy()
+    if not count_obs:
+        counted_rows[n_lat:] = False
+    weight = np.where(np.isinf(df0), 1.0, df0 / np.where(np.isinf(df0), 1.0, df0 + 3.0))
+
+    def jac_of(k):
+        size = int(np.size(z0[k]))
+        return np.zeros((prec0.size, size)) if jac[k] is None else jac[k][0]
+
+    hyper_infos, fallbacks, site_dep = {}, [], {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in hyper:
+            shape = tuple(jnp.shape(z0[k]))
+            dep = (jac_of(k) != 0) & governed_rows[:, None]  # (rows, elements)
+            site_dep[k] = dep
+            counted = dep & counted_rows[:, None]
+            power = _snap(np.where(dep, jac_of(k) / prec0[:, None], 0.0))
+            fisher = np.sum(np.where(counted, weight[:, None] * 0.5 * power**2, 0.0), 0)
+            fn = _base(latent[k]["fn"])
+            is_gamma = isinstance(fn, dist.Gamma)
+            alpha = (
+                np.broadcast_to(np.asarray(fn.concentration, float), shape)
+                if is_gamma
+                else np.ones(shape)
+            )
+            roles = [_role(power[dep[:, j], j]) for j in range(dep.shape[1])]
+            role_arr = np.asarray(roles).reshape(shape)
+            k_const = np.where(is_gamma & (role_arr == "precision"), alpha - 1.0, 0.0)
+            fisher = fisher.reshape(shape)
+            c = fisher + k_const
+            fallback = c <= 0
+            if fallback.any():
+                fallbacks.append(k)
+            c = np.where(fallback, fisher + alpha, c)
+            governs = _site_names(dep[:n_lat].any(1), others, z0)
+            if count_obs:
+                governs += _site_names(
+                    dep[n_lat:].any(1), obs_names, {n: tr[n]["value"] for n in obs_names}
+                )
+            site_roles = set(roles)
+            hyper_infos[k] = HyperSite(
+                shape=shape,
+                alpha=alpha,
+                q=counted.sum(0).reshape(shape),
+                c=c,
+                fallback=fallback,
+                governs=governs,
+                prior=type(fn).__name__,
+                role=site_roles.pop() if len(site_roles) == 1 else "mixed",
+                fisher=fisher,
+                k=k_const,
+            )
+
+    # θ: the rows of the non-positive sites, then the positive sites left in θ
+    lat_governed = dict(_split_rows(governed_rows[:n_lat], others, z0))
+    param_infos = {}
     for k in params:
         shape = tuple(jnp.shape(z0[k]))
-        size = int(np.prod(shape))
-        rows = dep[offset : offset + size]
+        if k in positive:
+            governed = np.zeros(shape, bool)
+            by = ()
+        else:
+            governed = lat_governed[k].reshape(shape)
+            by = tuple(
+                h
+                for h in hyper
+                if dict(_split_rows(site_dep[h][:n_lat].any(1), others, z0))[k].any()
+            )
         param_infos[k] = ParamSite(
             shape=shape,
             prior=type(_base(latent[k]["fn"])).__name__,
-            governed=governed[offset : offset + size].reshape(shape),
-            governed_by=_site_names(rows.any(0), hyper, z0),
+            governed=governed,
+            governed_by=by,
+            positive=k in positive,
         )
-        offset += size
-
-    hyper_infos, offset, fallbacks = {}, 0, []
-    for k in hyper:
-        shape = tuple(jnp.shape(z0[k]))
-        size = int(np.prod(shape))
-        fn = _base(latent[k]["fn"])
-        alpha = (
-            np.broadcast_to(np.asarray(fn.concentration, float), shape)
-            if isinstance(fn, dist.Gamma)
-            else np.ones(shape)
-        )
-        q_k = q[offset : offset + size].reshape(shape)
-        c = q_k / 2 + alpha - 1
-        fallback = c <= 0
-        if fallback.any():
-            fallbacks.append(k)
-        c = np.where(fallback, q_k / 2 + alpha, c)
-        governs = _site_names(dep[:, offset : offset + size].any(1), params, z0)
-        if count_obs:
-            governs += _site_names(
-                obs_dep[:, offset : offset + size].any(1),
-                tuple(obs_names),
-                {n: tr[n]["value"] for n in obs_names},
-            )
-        hyper_infos[k] = HyperSite(shape, alpha, q_k, c, fallback, governs)
-        offset += size
     if fallbacks:
         warnings.warn(
-            f"Q/2 + alpha - 1 <= 0 for hyperparameter site(s) {fallbacks}: the metric"
-            " constant falls back to Q/2 + alpha (the Gamma prior's Fisher information"
-            " in log tau). Sampling is still exact; see print(partition).",
+            f"Fisher + k <= 0 for hyperparameter site(s) {fallbacks}: the metric"
+            " constant falls back to Q/2 + alpha (the Fisher information of the"
+            " children and of a Gamma prior in log h; alpha = 1 for another prior)."
+            " Sampling is still exact; see print(partition).",
             UserWarning,
             stacklevel=4,
         )
@@ -450,6 +611,15 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
         hyper_sites=hyper_infos,
         param_template={k: jnp.asarray(z0[k]) for k in params},
     )
+
+
+def _split_rows(flags, names, values):
+    """(name, that site's slice of ``flags``) for each site in ``names`` (sorted)."""
+    offset = 0
+    for k in names:
+        size = int(np.size(values[k]))
+        yield k, np.asarray(flags[offset : offset + size])
+        offset += size
 
 
 def _site_names(flags, names, values) -> tuple:

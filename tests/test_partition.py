@@ -42,7 +42,7 @@ def kappa_tau(y=jnp.array([0.1, 0.5, -0.3])):
     numpyro.sample("y", dist.Normal(mu, 1 / jnp.sqrt(tau)), obs=y)
 
 
-def sigma_scale():  # scale = sigma, a non-Gamma parameter: not governed
+def sigma_scale():  # scale = sigma, a HalfNormal hyperparameter (test_scale_hyperprior)
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     numpyro.sample("w", dist.Normal(0.0, sigma).expand([2]))
 
@@ -75,7 +75,6 @@ CASES = [
     (to_event, {"tau": 6}, {"w": 1.0}),
     (plate_per_group, {"tau": [4, 4, 4]}, {"w": 1.0}),
     (kappa_tau, {"kappa": 1, "tau": 4}, {"mu": 1.0}),
-    (sigma_scale, {}, {"sigma": 0.0, "w": 0.0}),
     (
         flax_bnn,
         {"tau_w": 10, "tau_b": 6, "tau_y": 8},
