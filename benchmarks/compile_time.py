@@ -33,7 +33,7 @@ name, warmup, samples, chains = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
 kernel = {"S3HMC": lambda: S3HMC(model), "NUTS": lambda: NUTS(model),
           "NUTS+reparam": lambda: NUTS(noncentred_model())}[name]()
 x, group, num_groups, y = load_data()
-latent = _model_sites(model, (x, group, num_groups), {"y": y})[0]
+latent = _model_sites(model, (x, group, num_groups), {"y": y})
 table, _ = compare_samplers({name: kernel}, x, group, num_groups, y=y, num_warmup=warmup,
                             num_samples=samples, num_chains=chains, chain_method="sequential",
                             rng_key=jax.random.PRNGKey(0), progress_bar=False, var_names=latent)

@@ -113,7 +113,7 @@ def run_cell(model_name, sampler, quick, seed) -> dict:
         rng_key=jax.random.PRNGKey(seed),
         progress_bar=False,
         # every sampler scored on the centred model's quantities
-        var_names=_model_sites(bench.centred, bench.args, {})[0],
+        var_names=_model_sites(bench.centred, bench.args, {}),
         **settings,
     )
     row = table.loc[sampler]

@@ -42,7 +42,6 @@ import pandas as pd
 import jax
 import jax.monitoring
 
-import numpyro.distributions as dist
 from numpyro.handlers import seed, trace
 from numpyro.infer import HMC, MCMC, NUTS
 from numpyro.infer.hmc import HMCState
@@ -51,7 +50,7 @@ from numpyro.infer.util import initialize_model
 
 from numpyro_s3hmc._arviz import arviz, dataset, datatree_name, from_numpyro, is_arviz_1
 from numpyro_s3hmc.kernel import S3HMC, S3HMCState
-from numpyro_s3hmc.partition import _base
+from numpyro_s3hmc.partition import partition_sites
 
 __all__ = ["compare_samplers", "hyperparameter_sites", "plot_comparison"]
 
@@ -69,18 +68,19 @@ _COMPILE_EVENT_PREFIX = "/jax/core/compile/"
 HYPER_PREFIX = "ESS bulk "
 
 
-def _model_sites(model: Callable, model_args: tuple, model_kwargs: dict) -> tuple[list, list]:
-    """Names of the latent sample sites of ``model`` and of its Gamma ones."""
+def _model_sites(model: Callable, model_args: tuple, model_kwargs: dict) -> list:
+    """Names of the latent sample sites of ``model``."""
     tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
-    latent = [
+    return [
         name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]
     ]
-    gamma = [name for name in latent if isinstance(_base(tr[name]["fn"]), dist.Gamma)]
-    return latent, gamma
 
 
 def hyperparameter_sites(model: Callable, *model_args, **model_kwargs) -> tuple[str, ...]:
-    """The latent ``Gamma`` sites of ``model``, in the order the model samples them.
+    """The sites S3HMC would sample as hyperparameters in ``model`` (every positive
+    latent site that sets the scale of a ``Normal`` or ``StudentT`` child; see
+    :func:`~numpyro_s3hmc.partition_sites`), in the partition's order;
+    none where the model has sites S3HMC does not take (discrete ones).
 
     This is how :func:`compare_samplers` finds the hyperparameters of a kernel
     that is not S3HMC (an S3HMC kernel reports its own, ``kernel.partition.hyper``).
@@ -91,11 +91,16 @@ def hyperparameter_sites(model: Callable, *model_args, **model_kwargs) -> tuple[
     >>> import numpyro, numpyro.distributions as dist
     >>> def model():
     ...     tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
-    ...     numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([3]))
+    ...     sigma = numpyro.sample("sigma", dist.HalfCauchy(1.0))
+    ...     numpyro.sample("x", dist.Normal(0.0, sigma / jnp.sqrt(tau)).expand([3]))
     >>> hyperparameter_sites(model)
-    ('tau',)
+    ('sigma', 'tau')
     """
-    return tuple(_model_sites(model, model_args, model_kwargs)[1])
+    try:
+        partition = partition_sites(model, model_args, model_kwargs)
+    except ValueError:  # a site S3HMC refuses (the error names it); nothing to score
+        return ()
+    return tuple(partition.hyper)
 
 
 class _CompileTimer:
@@ -162,11 +167,11 @@ def _fields_to_collect(has_field: Callable[[str], bool] | None) -> tuple[str, ..
     return tuple(f for f in fields if f) + ((grad_field,) if grad_field else ())
 
 
-def _hyper_names(kernel: MCMCKernel, gamma_sites: list) -> list:
+def _hyper_names(kernel: MCMCKernel, model_args: tuple, model_kwargs: dict) -> list:
     partition = getattr(kernel, "partition", None)
     if partition is not None and getattr(partition, "hyper", None) is not None:
         return list(partition.hyper)
-    return list(gamma_sites)
+    return list(hyperparameter_sites(kernel.model, *model_args, **model_kwargs))
 
 
 def _min_over(ds) -> float:
@@ -261,8 +266,8 @@ def compare_samplers(
           with one chain: ArviZ needs two).
         - ``divergences``: post-warmup, all chains.
         - ``ESS bulk <site>``: for each hyperparameter (S3HMC's
-          ``kernel.partition.hyper``, otherwise every latent ``Gamma`` site), its
-          smallest bulk ESS over elements.
+          ``kernel.partition.hyper``, otherwise :func:`hyperparameter_sites`;
+          the union over samplers), its smallest bulk ESS over elements.
 
         ``table.attrs["hyper"]`` lists the hyperparameter sites.
     idatas : ``{name: run}``, each an ``arviz.InferenceData`` (ArviZ 0.x) or an
@@ -288,8 +293,15 @@ def compare_samplers(
     if not kernels:
         raise ValueError("kernels must name at least one MCMCKernel.")
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-    rows, idatas, all_hyper = {}, {}, []
+    rows, idatas = {}, {}
     _warm_up(kernels.values(), rng_key, model_args, model_kwargs)
+    # every sampler is scored on the hyperparameters any of them has, so that NUTS
+    # after LocScaleReparam (whose scales scale nothing directly) gets the columns too
+    all_hyper = []
+    for kernel in kernels.values():
+        all_hyper += [
+            h for h in _hyper_names(kernel, model_args, model_kwargs) if h not in all_hyper
+        ]
     for name, kernel in kernels.items():
         if progress_bar:
             print(
@@ -329,14 +341,13 @@ def compare_samplers(
         idata = from_numpyro(mcmc)
         idatas[name] = idata
         draws = dataset(idata.posterior)
-        latent, gamma = _model_sites(kernel.model, model_args, model_kwargs)
+        latent = _model_sites(kernel.model, model_args, model_kwargs)
         # the run's names for the sites (ArviZ 1.x writes net/Dense_0.kernel as net.Dense_0.kernel)
         name_in_run = datatree_name if is_arviz_1() else str
         latent = [name_in_run(v) for v in var_names or latent]
         latent = [v for v in latent if v in draws.data_vars]
-        hyper = [name_in_run(v) for v in _hyper_names(kernel, gamma)]
+        hyper = [name_in_run(v) for v in all_hyper]
         hyper = [v for v in hyper if v in draws.data_vars]
-        all_hyper += [h for h in hyper if h not in all_hyper]
 
         posterior = draws[latent + [h for h in hyper if h not in latent]]
         az = arviz()

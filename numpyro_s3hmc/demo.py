@@ -113,7 +113,7 @@ def run_comparison(args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
         "NUTS": NUTS(model),
         "NUTS+reparam": NUTS(noncentred_model()),
     }
-    latent = compare_model_sites(model, (x, group, num_groups), {"y": y})[0]
+    latent = compare_model_sites(model, (x, group, num_groups), {"y": y})
     return compare_samplers(
         kernels,
         x,

@@ -28,10 +28,10 @@ def test_models_have_their_three_forms(run):
     import jax
 
     for name, bench in benchmarks().items():
-        centred = _model_sites(bench.centred, bench.args, {})[0]
+        centred = _model_sites(bench.centred, bench.args, {})
         assert set(bench.hyper) <= set(centred), name
         # the non-centred model samples raw sites and records the centred ones
-        noncentred = _model_sites(bench.noncentred, bench.args, {})[0]
+        noncentred = _model_sites(bench.noncentred, bench.args, {})
         assert set(bench.hyper) <= set(noncentred) and set(noncentred) != set(centred), name
         hmc_sites = {k: v for k, v in _draw(bench).items() if k not in bench.hyper}
         draw = bench.gibbs_fn(jax.random.PRNGKey(0), {}, hmc_sites)

@@ -153,14 +153,24 @@ def test_hmc_gibbs_reads_the_inner_hmc_state():
 
 
 def test_hyperparameter_sites():
+    """The sites S3HMC would take as hyperparameters, whatever their prior; a Gamma
+    site that scales no Normal child is not one; a model S3HMC refuses has none."""
+
     def model(y=None):
         a = numpyro.sample("a", dist.Gamma(2.0, 1.0).expand([3]).to_event(1))
-        numpyro.sample("b", dist.Normal(0.0, 1.0))
+        s = numpyro.sample("s", dist.HalfCauchy(1.0))
+        numpyro.sample("b", dist.Normal(0.0, s).expand([3]).to_event(1))
         with numpyro.plate("p", 2):
             numpyro.sample("c", dist.Gamma(1.0, 1.0))
         numpyro.sample("obs", dist.Gamma(a.sum(), 1.0), obs=y)
 
-    assert hyperparameter_sites(model, y=1.0) == ("a", "c")
+    assert hyperparameter_sites(model, y=1.0) == ("s",)
+
+    def discrete():
+        k = numpyro.sample("k", dist.Bernoulli(0.5))
+        numpyro.sample("x", dist.Normal(k, 1.0))
+
+    assert hyperparameter_sites(discrete) == ()
 
 
 def test_compile_timer_counts_overlaps_once():
