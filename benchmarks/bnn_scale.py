@@ -528,18 +528,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--nuts-budget", type=float, default=120.0, help="seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--write", action="store_true", help="update benchmarks/results.md")
+    parser.add_argument(
+        "--from-json", type=Path, nargs="+", default=None, help="tabulate saved rows, run nothing"
+    )
     args = parser.parse_args(argv)
     cfg = config(args)
     sizes = args.sizes or (list(QUICK) if args.quick else list(SIZES))
     rows = []
-    for name in sizes:
+    for path in args.from_json or []:
+        rows += [r for r in json.loads(path.read_text()) if not args.sizes or r["network"] in sizes]
+    for name in [] if args.from_json else sizes:
         rows.append(run_size(name, cfg))
         print(f"{name}: {rows[-1]['process (s)']:.0f} s", file=sys.stderr, flush=True)
+        if args.json:  # after every size, so that an interrupted run keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1))
     command = "python benchmarks/bnn_scale.py " + shlex.join(argv)
     text = section(rows, cfg, command.strip())
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
     if args.write:
         write_results(text)
     return rows
