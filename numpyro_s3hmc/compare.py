@@ -168,9 +168,18 @@ def _fields_to_collect(has_field: Callable[[str], bool] | None) -> tuple[str, ..
 
 
 def _hyper_names(kernel: MCMCKernel, model_args: tuple, model_kwargs: dict) -> list:
-    partition = getattr(kernel, "partition", None)
-    if partition is not None and getattr(partition, "hyper", None) is not None:
-        return list(partition.hyper)
+    if isinstance(kernel, S3HMC):
+        if kernel.partition is None:  # before init: the blocks init will find, with its settings
+            return list(
+                partition_sites(
+                    kernel.model,
+                    model_args,
+                    model_kwargs,
+                    hyper_sites=kernel._hyper_sites,
+                    count_observations=kernel._count_observations,
+                ).hyper
+            )
+        return list(kernel.partition.hyper)
     return list(hyperparameter_sites(kernel.model, *model_args, **model_kwargs))
 
 

@@ -15,6 +15,7 @@ from numpyro_s3hmc import S3HMC
 from numpyro_s3hmc._arviz import arviz, dataset, group_names
 from numpyro_s3hmc.compare import (
     _CompileTimer,
+    _hyper_names,
     compare_samplers,
     hyperparameter_sites,
     plot_comparison,
@@ -171,6 +172,20 @@ def test_hyperparameter_sites():
         numpyro.sample("x", dist.Normal(k, 1.0))
 
     assert hyperparameter_sites(discrete) == ()
+
+
+def test_scored_hyperparameters_follow_the_s3hmc_kernels_settings():
+    """Before its run an S3HMC kernel has no partition yet: its columns come from the
+    partition its own hyper_sites will give, not from the default one."""
+
+    def model():
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+        t = numpyro.sample("t", dist.HalfNormal(1.0))
+        numpyro.sample("x", dist.Normal(0.0, s).expand([3]))
+        numpyro.sample("y", dist.Normal(0.0, t).expand([3]))
+
+    assert _hyper_names(S3HMC(model), (), {}) == ["s", "t"]
+    assert _hyper_names(S3HMC(model, hyper_sites={"t": False}), (), {}) == ["s"]
 
 
 def test_compile_timer_counts_overlaps_once():
