@@ -50,7 +50,7 @@ from numpyro.infer import Predictive
 from numpyro_s3hmc import S3HMC
 from numpyro_s3hmc import kernel as kernel_module
 from numpyro_s3hmc.integrators import INTEGRATORS
-from numpyro_s3hmc.metrics import hyper_kinetic_energy
+from numpyro_s3hmc.metrics import hyper_kinetic_energy, param_logdet_and_solve
 
 HERE = Path(__file__).parent
 
@@ -150,8 +150,8 @@ def _state_axes(state):
 
 def no_logdet_hamiltonian(metric, potential_energy, eta, r_theta, r_eta):
     """A wrong H for the Metropolis-Hastings test: ½ log|G_θ(η)| left out."""
-    g = metric.param_precision(eta)
-    return potential_energy + 0.5 * jnp.sum(r_theta**2 / g) + hyper_kinetic_energy(metric, r_eta)
+    _, velocity = param_logdet_and_solve(metric, eta, r_theta)
+    return potential_energy + 0.5 * jnp.dot(r_theta, velocity) + hyper_kinetic_energy(metric, r_eta)
 
 
 def run_sbc(

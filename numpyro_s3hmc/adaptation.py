@@ -64,6 +64,7 @@ def metric_adapter(
     adapt_metric: bool = True,
     adapt_trajectory_length: bool = True,
     target_accept_prob: float = 0.8,
+    parents: Array | None = None,
 ):
     """Return ``(init_fn, update_fn)`` for the step size, θ metric and path length.
 
@@ -80,6 +81,9 @@ def metric_adapter(
     if param_metric not in PARAM_METRICS:
         raise ValueError(f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}.")
     governed = np.asarray(governed, bool)  # static: init may run under pmap
+    # a location parent's curvature is the prior-factor diagonal plus an excess (its
+    # own data), as for a governed element, even where it has no prior factor itself
+    excess = governed | (False if parents is None else np.asarray(parents, bool))
     c = np.asarray(hyper_precision)
     n = governed.size
     size = n + c.size
@@ -130,9 +134,10 @@ def metric_adapter(
         new_scale = scale
         if param_metric == "prior*fisher":
             # the same excess curvature, as a factor of the mean prior precision
-            new_scale = jnp.where(governed & (mean > 0), 1.0 + extra / mean, 1.0).astype(d.dtype)
-            extra = 0.0 * d
-        new_d = jnp.where(governed, extra, total).astype(d.dtype)
+            scaled = governed & (mean > 0)
+            new_scale = jnp.where(scaled, 1.0 + extra / mean, 1.0).astype(d.dtype)
+            extra = jnp.where(scaled, 0.0, extra)
+        new_d = jnp.where(excess, extra, total).astype(d.dtype)
         if adapt_trajectory_length:
             # θ counts as whitened by its metric (scale 1); its marginal variance is
             # no guide where it is multimodal (BNN weights), so only η's enter

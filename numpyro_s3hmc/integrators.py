@@ -41,7 +41,12 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_s3hmc._types import Array
-from numpyro_s3hmc.metrics import SemiSeparableMetric, coupling_energy
+from numpyro_s3hmc.metrics import (
+    SemiSeparableMetric,
+    coupling_energy,
+    coupling_energy_grad,
+    param_solver,
+)
 
 PotentialAndGrad = Callable[[Array, Array], tuple[Array, Array, Array]]
 """(θ, η) -> (U, ∂U/∂θ, ∂U/∂η): one gradient evaluation of the potential."""
@@ -71,10 +76,10 @@ def _evaluate(potential_and_grad: PotentialAndGrad, state: IntegratorState):
     return state._replace(potential_energy=u, grad_theta=g_theta, grad_eta=g_eta)
 
 
-def _param_leapfrog(potential_and_grad, g_theta, state, h):
-    """One leapfrog step of H_θ (η, r_η fixed), with G_θ = g_theta."""
+def _param_leapfrog(potential_and_grad, solve, state, h):
+    """One leapfrog step of H_θ (η, r_η fixed); ``solve`` applies G_θ(η)⁻¹."""
     r_theta = state.r_theta - 0.5 * h * state.grad_theta  # r_θ(n+1/2)
-    theta = state.theta + h * r_theta / g_theta  # θ(n+1)
+    theta = state.theta + h * solve(r_theta)  # θ(n+1)
     state = _evaluate(potential_and_grad, state._replace(theta=theta))
     r_theta = r_theta - 0.5 * h * state.grad_theta  # r_θ(n+1)
     return state._replace(r_theta=r_theta)
@@ -95,9 +100,9 @@ def _hyper_leapfrog(potential_and_grad, metric, state, h):
 
 
 def _param_block(potential_and_grad, metric, state, h, inner_steps):
-    g_theta = metric.param_precision(state.eta)  # constant while η is fixed
+    solve = param_solver(metric, state.eta)  # G_θ is constant while η is fixed
     for _ in range(inner_steps):
-        state = _param_leapfrog(potential_and_grad, g_theta, state, h / inner_steps)
+        state = _param_leapfrog(potential_and_grad, solve, state, h / inner_steps)
     return state
 
 
@@ -230,18 +235,15 @@ def one_gradient_splitting(
 
     def step(state: IntegratorState, step_size):
         h = 0.5 * step_size
-        # V(h) then K_θ(h), both at the same η: one linearisation of G_θ serves both.
-        # ∂/∂η of ½log|G_θ| + ½ r_θᵀG_θ⁻¹r_θ is vjp(½/G − ½ r_θ²/G²).
-        g_theta, vjp = jax.vjp(metric.param_precision, state.eta)
+        # V(h) then K_θ(h), both at the same η: one factorisation of G_θ serves both
         r_theta = state.r_theta - h * state.grad_theta  # r_θ after V(h)
-        (d_eta,) = vjp(0.5 / g_theta - 0.5 * r_theta**2 / g_theta**2)
+        d_eta, velocity = coupling_energy_grad(metric, state.eta, r_theta)
         r_eta = state.r_eta - h * (state.grad_eta + d_eta)  # r_η after V(h) K_θ(h)
-        theta = state.theta + h * r_theta / g_theta  # θ after K_θ(h)
+        theta = state.theta + h * velocity  # θ after K_θ(h)
         eta = state.eta + step_size * r_eta / c  # η after K_η(ε)
         # K_θ(h) at the new η, the one gradient of U, then V(h)
-        g_theta, vjp = jax.vjp(metric.param_precision, eta)
-        theta = theta + h * r_theta / g_theta
-        (d_eta,) = vjp(0.5 / g_theta - 0.5 * r_theta**2 / g_theta**2)
+        d_eta, velocity = coupling_energy_grad(metric, eta, r_theta)
+        theta = theta + h * velocity
         u, grad_theta, grad_eta = potential_and_grad(theta, eta)
         state = IntegratorState(
             theta=theta,

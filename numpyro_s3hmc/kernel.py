@@ -20,9 +20,15 @@ from numpyro.util import identity, is_prng_key
 from numpyro_s3hmc._types import Array, PRNGKey
 from numpyro_s3hmc.adaptation import MetricAdaptState, metric_adapter, restart_step_size
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
-from numpyro_s3hmc.metrics import SemiSeparableMetric, hamiltonian, sample_momentum
+from numpyro_s3hmc.metrics import (
+    SemiSeparableMetric,
+    hamiltonian,
+    param_diagonal,
+    sample_momentum,
+)
 from numpyro_s3hmc.partition import (
     SitePartition,
+    data_precision_fn,
     merge_z,
     partition_sites,
     prior_precision_fn,
@@ -184,6 +190,12 @@ class S3HMC(MCMCKernel):
         posterior's mean curvature), ``"prior+fisher"``, ``"prior+variance"`` (a
         constant added to it) or ``"prior"`` (the paper's): how G_θ is adapted,
         see :mod:`numpyro_s3hmc.adaptation`.
+    coupled_metric : build G_θ(η) from the exact Fisher information of every
+        ``Normal`` factor whose mean is linear in θ (default, docs/design.md §3.1):
+        each parameter is coupled with its location parents (μ in
+        θ_j ~ N(μ, τ)), and Normal observations with such means give the data
+        term exactly (adapted only beyond it). ``False``: the diagonal prior
+        precision plus an adapted constant, as before.
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -216,6 +228,7 @@ class S3HMC(MCMCKernel):
         num_steps: int | None = None,
         max_num_steps: int = 512,
         param_metric: str = "prior*fisher",
+        coupled_metric: bool = True,
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
         init_strategy: Callable = init_to_uniform,
@@ -240,6 +253,7 @@ class S3HMC(MCMCKernel):
         self._num_steps = num_steps
         self._max_num_steps = int(max_num_steps)
         self._param_metric = param_metric
+        self._coupled_metric = bool(coupled_metric)
         self._hyper_sites = hyper_sites
         self._count_observations = count_observations
         self._init_strategy = init_strategy
@@ -331,6 +345,9 @@ class S3HMC(MCMCKernel):
             init_params = new_params.z
         self._num_warmup = num_warmup
         governed = self._partition.governed_mask
+        parents = np.zeros_like(governed)
+        if self._coupling(None) is not None:
+            parents[self._partition.coupling.parents] = True
         self._adapt_init, self._adapt_update = metric_adapter(
             num_warmup,
             governed,
@@ -340,6 +357,7 @@ class S3HMC(MCMCKernel):
             adapt_step_size=self._adapt_step_size,
             adapt_metric=self._adapt_metric,
             target_accept_prob=self._target_accept_prob,
+            parents=parents,
         )
         init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
         self._sample_fn = self._sample_chain
@@ -359,9 +377,26 @@ class S3HMC(MCMCKernel):
             g_theta, g_eta = split_z(grad, partition)
             return u, g_theta, g_eta
 
+        coupling = self._coupling(dtype)
+        observed = data_precision_fn(self._model, partition, model_args, model_kwargs)
+        if not self._coupled_metric:
+            observed = None
         scale, d = metric_state.prior_scale, metric_state.data_precision
-        metric = SemiSeparableMetric(lambda eta: prior_precision(eta) * scale + d, c)
-        return potential_and_grad, metric, prior_precision
+        data = d if observed is None else (lambda eta: observed(eta) + d)
+        metric = SemiSeparableMetric(lambda eta: prior_precision(eta) * scale, c, data, coupling)
+        # what the adaptation compares the posterior's curvature with: the diagonal
+        # of AᵀW(η)A plus the observations' exact term, unscaled
+        unit = SemiSeparableMetric(prior_precision, c, observed, coupling)
+        return potential_and_grad, metric, partial(param_diagonal, unit)
+
+    def _coupling(self, dtype):
+        coupling = self._partition.coupling
+        if coupling is None or not self._coupled_metric:
+            return None
+        return coupling._replace(
+            b_rows=jnp.asarray(coupling.b_rows, dtype),
+            b_parents=jnp.asarray(coupling.b_parents, dtype),
+        )
 
     def _init_chain(self, z, rng_key, model_args, model_kwargs):
         partition = self._partition
@@ -405,7 +440,7 @@ class S3HMC(MCMCKernel):
         partition = self._partition
         theta, eta = split_z(state.z, partition)
         g_theta, g_eta = split_z(state.z_grad, partition)
-        potential_and_grad, metric, prior_precision = self._hamiltonian_parts(
+        potential_and_grad, metric, unit_diagonal = self._hamiltonian_parts(
             model_args, model_kwargs, state.metric_state, theta.dtype
         )
         step_fn = build_integrator(
@@ -442,7 +477,7 @@ class S3HMC(MCMCKernel):
                 info.accept_prob,
                 jnp.concatenate([new.theta, new.eta]),
                 new.grad_theta,
-                prior_precision(new.eta),
+                unit_diagonal(new.eta),
                 wa_state,
                 metric_state,
             )

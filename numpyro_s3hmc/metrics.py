@@ -4,9 +4,13 @@ Symbols (docs/design.md §3–4): θ the parameters, η = log h the log-hyperpar
 (NumPyro's unconstrained coordinates for positive sites), r_θ and r_η their momenta.
 The metric is block diagonal, :math:`G(θ, η) = \\mathrm{diag}(G_θ(η), G_η)`, with
 
-- :math:`G_θ(η)` diagonal: the prior precision of each parameter element at the
-  current η (read from the model's own ``Normal`` sites), plus a constant
-  diagonal term (the adapted "data precision");
+- :math:`G_θ(η) = A^\\top W(η) A + D`, the Fisher information of the model's
+  ``Normal`` prior factors plus a constant diagonal D (the adapted "data
+  precision"). W(η) is diagonal: the prior precision of each parameter element at
+  the current η, read from the model. A = I − B, where row i of B holds
+  ∂m_i/∂θ, the coefficients of the parameters that enter element i's prior mean
+  linearly (its *location parents*: μ in θ_j ~ N(μ, τ), β in θ_j ~ N(x_jᵀβ, τ)).
+  Without location parents A = I and G_θ(η) is diagonal (docs/design.md §3.1);
 - :math:`G_η = \\mathrm{diag}(c)` constant, :math:`c_l` the Fisher information in
   η_l of the children h_l scales (:math:`c_l = Q_l/2 + α_l - 1` for a Gamma
   precision, the paper's eq. 6 pulled back to η = log τ).
@@ -20,10 +24,17 @@ With :math:`r_θ \\sim N(0, G_θ(η))` and :math:`r_η \\sim N(0, G_η)` the Ham
 
 The kinetic terms use the *inverse* metric: the paper's eq. (5) writes
 :math:`G` instead, which gives a biased sampler (docs/design.md §7).
+
+With location parents, the parameters split into the parents L (m of them, few)
+and the rest C. G_θ's C×C block is diagonal, Δ = W_C + D_C, so solves, the
+log-determinant and momentum draws cost O(n + n_B m + m³) by the Schur complement
+S = G_LL − G_LC Δ⁻¹ G_CL (m × m), never a dense n × n matrix.
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
+
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +42,95 @@ import jax.numpy as jnp
 from numpyro_s3hmc._types import Array, PRNGKey
 
 
+class LocationCoupling(NamedTuple):
+    """The static structure B of G_θ = (I − B)ᵀ W (I − B) + D (flat θ indices).
+
+    parents: indices of the location parents L, shape (m,).
+    rows: indices of the elements outside L whose mean has location parents, shape (k,).
+    b_rows: ∂m/∂θ_L of those elements, shape (k, m).
+    b_parents: ∂m/∂θ_L of the parents' own means (nested groups), shape (m, m).
+    """
+
+    parents: np.ndarray
+    rows: np.ndarray
+    b_rows: np.ndarray
+    b_parents: np.ndarray
+
+
 class SemiSeparableMetric(NamedTuple):
     """The two blocks of the metric.
 
-    param_precision: η -> diagonal of G_θ(η), shape (n_params,), positive.
+    param_precision: η -> W(η), the prior-factor precisions, shape (n_params,),
+        non-negative (plus D, when ``data_precision`` is None, as a single diagonal).
     hyper_precision: diagonal of G_η, shape (n_hyper,), positive constants c_l.
+    data_precision: D, shape (n_params,), a function of η giving it, or None (0).
+    coupling: the location-parent structure, or None (G_θ diagonal).
     """
 
     param_precision: Callable[[Array], Array]
     hyper_precision: Array
+    data_precision: Callable[[Array], Array] | Array | None = None
+    coupling: LocationCoupling | None = None
+
+
+def _data(metric: SemiSeparableMetric, eta: Array, like: Array) -> Array:
+    d = metric.data_precision
+    if d is None:
+        return jnp.zeros_like(like)
+    return d(eta) if callable(d) else d
+
+
+def _diagonal(metric: SemiSeparableMetric, eta: Array, w: Array) -> Array:
+    return w if metric.data_precision is None else w + _data(metric, eta, w)
+
+
+def _schur(metric: SemiSeparableMetric, eta: Array, w: Array):
+    """Δ (diagonal of G_θ outside L, all n entries), and the Cholesky factor of S."""
+    cp = metric.coupling
+    d = _data(metric, eta, w)
+    delta = w + d
+    w_rows = w[cp.rows]
+    # the children's share: W − W²/Δ = W D/Δ, stable where D = 0
+    child = jnp.where(delta[cp.rows] > 0, w_rows * d[cp.rows] / delta[cp.rows], 0.0)
+    a_parents = jnp.eye(cp.parents.size, dtype=w.dtype) - cp.b_parents
+    s = (cp.b_rows.T * child) @ cp.b_rows
+    s = s + (a_parents.T * w[cp.parents]) @ a_parents + jnp.diag(d[cp.parents])
+    return delta, jnp.linalg.cholesky(s)
+
+
+def param_logdet_and_solve(
+    metric: SemiSeparableMetric, eta: Array, r_theta: Array
+) -> tuple[Array, Array]:
+    """log|G_θ(η)| and G_θ(η)⁻¹ r_θ."""
+    w = metric.param_precision(eta)
+    if metric.coupling is None:
+        g = _diagonal(metric, eta, w)
+        return jnp.sum(jnp.log(g)), r_theta / g
+    cp = metric.coupling
+    delta, chol = _schur(metric, eta, w)
+    in_c = jnp.ones_like(w, dtype=bool).at[cp.parents].set(False)
+    logdet = jnp.sum(jnp.where(in_c, jnp.log(jnp.where(in_c, delta, 1.0)), 0.0))
+    logdet = logdet + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+    # G = [[Δ, E], [Eᵀ, F]] with E = −W_C B_C: x_L = S⁻¹(r_L − EᵀΔ⁻¹r_C), x_C = Δ⁻¹(r_C − E x_L)
+    wr = w[cp.rows] / delta[cp.rows]
+    rhs = r_theta[cp.parents] + cp.b_rows.T @ (wr * r_theta[cp.rows])
+    x_parents = jax.scipy.linalg.cho_solve((chol, True), rhs)
+    x = r_theta / jnp.where(in_c, delta, 1.0)
+    x = x.at[cp.rows].add(wr * (cp.b_rows @ x_parents))
+    x = x.at[cp.parents].set(x_parents)
+    return logdet, x
+
+
+def param_diagonal(metric: SemiSeparableMetric, eta: Array) -> Array:
+    """The diagonal of G_θ(η)."""
+    w = metric.param_precision(eta)
+    d = _data(metric, eta, w)
+    cp = metric.coupling
+    if cp is None:
+        return w + d
+    a_parents = jnp.eye(cp.parents.size, dtype=w.dtype) - cp.b_parents
+    own = (a_parents**2).T @ w[cp.parents] + (cp.b_rows**2).T @ w[cp.rows]
+    return (w + d).at[cp.parents].set(own + d[cp.parents])
 
 
 def sample_momentum(
@@ -48,8 +139,19 @@ def sample_momentum(
     """Draw r_θ ~ N(0, G_θ(η)) and r_η ~ N(0, G_η)."""
     key_theta, key_eta = jax.random.split(rng_key)
     dtype = eta.dtype
-    g_theta = metric.param_precision(eta)
-    r_theta = jnp.sqrt(g_theta) * jax.random.normal(key_theta, (num_params,), dtype)
+    w = metric.param_precision(eta)
+    if metric.coupling is None:
+        noise = jax.random.normal(key_theta, (num_params,), dtype)
+        r_theta = jnp.sqrt(_diagonal(metric, eta, w)) * noise
+    else:
+        # Aᵀ W^½ ξ₁ + D^½ ξ₂ has covariance AᵀWA + D
+        cp = metric.coupling
+        key_w, key_d = jax.random.split(key_theta)
+        v = jnp.sqrt(w) * jax.random.normal(key_w, (num_params,), dtype)
+        r_theta = v.at[cp.parents].add(-(cp.b_rows.T @ v[cp.rows] + cp.b_parents.T @ v[cp.parents]))
+        if metric.data_precision is not None:
+            noise = jax.random.normal(key_d, (num_params,), dtype)
+            r_theta = r_theta + jnp.sqrt(_data(metric, eta, w)) * noise
     r_eta = jnp.sqrt(metric.hyper_precision) * jax.random.normal(key_eta, jnp.shape(eta), dtype)
     return r_theta, r_eta
 
@@ -61,8 +163,35 @@ def coupling_energy(metric: SemiSeparableMetric, eta: Array, r_theta: Array) -> 
 
     Energy moves between θ and η through these terms (docs/design.md §4).
     """
-    g_theta = metric.param_precision(eta)
-    return 0.5 * jnp.sum(jnp.log(g_theta)) + 0.5 * jnp.sum(r_theta**2 / g_theta)
+    logdet, x = param_logdet_and_solve(metric, eta, r_theta)
+    return 0.5 * logdet + 0.5 * jnp.dot(r_theta, x)
+
+
+def coupling_energy_grad(
+    metric: SemiSeparableMetric, eta: Array, r_theta: Array
+) -> tuple[Array, Array]:
+    """∂/∂η of :func:`coupling_energy` at fixed r_θ, and G_θ(η)⁻¹ r_θ, in one pass."""
+    if metric.coupling is None:
+        # one linearisation of the diagonal: ∂/∂η is vjp(½/G − ½ r_θ²/G²)
+        g, vjp = jax.vjp(lambda e: _diagonal(metric, e, metric.param_precision(e)), eta)
+        (d_eta,) = vjp(0.5 / g - 0.5 * r_theta**2 / g**2)
+        return d_eta, r_theta / g
+
+    def energy(e):
+        logdet, x = param_logdet_and_solve(metric, e, r_theta)
+        return 0.5 * logdet + 0.5 * jnp.dot(r_theta, x), x
+
+    d_eta, x = jax.grad(energy, has_aux=True)(eta)
+    return d_eta, x
+
+
+def param_solver(metric: SemiSeparableMetric, eta: Array) -> Callable[[Array], Array]:
+    """r -> G_θ(η)⁻¹ r at a fixed η, factorised once."""
+    w = metric.param_precision(eta)
+    if metric.coupling is None:
+        g = _diagonal(metric, eta, w)
+        return lambda r: r / g
+    return lambda r: param_logdet_and_solve(metric, eta, r)[1]
 
 
 def hyper_kinetic_energy(metric: SemiSeparableMetric, r_eta: Array) -> Array:

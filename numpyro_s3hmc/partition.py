@@ -15,6 +15,12 @@ plates, ``expand``, ``to_event`` and flax names (``net/Dense_0.kernel``) need no
 special case. Which element depends on which hyperparameter, and how, is found with
 forward-mode derivatives at a random point, not by matching expressions.
 
+A parameter is a *location parent* of a governed element when it enters that
+element's prior mean linearly (μ in θ_j ~ N(μ, τ), β in θ_j ~ N(x_jᵀβ, τ)), with a
+coefficient that depends on nothing else (checked at two random points). The θ
+metric then couples them (docs/design.md §3.1): ``partition.coupling`` holds the
+coefficients.
+
 The hyperparameter metric is the constant (docs/design.md §3)
 
     c_l = Σ_i w_i ½ (∂ log P_i / ∂η_l)² + k_l,
@@ -31,6 +37,7 @@ non-Gamma site) instead of k_l, with a warning.
 import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,6 +52,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import seed, substitute, trace
 
 from numpyro_s3hmc._types import Array
+from numpyro_s3hmc.metrics import LocationCoupling
 
 _WRAPPERS = (
     dist.Independent,
@@ -74,6 +82,20 @@ class ParamSite:
     governed: np.ndarray  # bool per element: metric from the prior precision
     governed_by: tuple  # hyperparameter sites its prior scale depends on
     positive: bool = False  # a positive site left in θ (it scales no supported child)
+    location_parents: tuple = ()  # θ sites that enter its prior mean linearly
+    location_of: tuple = ()  # θ sites whose prior mean it enters linearly
+
+
+class DataTerm(NamedTuple):
+    """Normal observations whose means are linear in θ: their exact Fisher diagonal.
+
+    The θ metric's data term is D_j(η) = Σ_o P_o(η) b_oj², P_o the precision of
+    observation element o (flat over the sorted observed sites) and b_oj = ∂m_o/∂θ_j.
+    """
+
+    obs: np.ndarray  # flat observation index o of each entry
+    cols: np.ndarray  # flat θ index j
+    b2: np.ndarray  # b_oj²
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +110,9 @@ class SitePartition:
     param_sites: dict
     hyper_sites: dict
     param_template: dict = dataclasses.field(repr=False)  # θ used to trace the prior
+    coupling: LocationCoupling | None = dataclasses.field(default=None, repr=False)
+    data_term: DataTerm | None = dataclasses.field(default=None, repr=False)
+    observed: tuple = ()  # the observed sites, sorted
 
     @property
     def hyper_precision(self) -> np.ndarray:
@@ -124,6 +149,10 @@ class SitePartition:
                 else ("adapted constant" if not p.governed.any() else "mixed")
             )
             by = f" <- {', '.join(p.governed_by)}" if p.governed_by else ""
+            if p.location_parents:
+                by += f"; mean <- {', '.join(p.location_parents)}"
+            if p.location_of:
+                by += f"; location parent of {', '.join(p.location_of)}"
             note = (
                 "  (positive, but scales no Normal or StudentT child: a plain parameter)"
                 if p.positive
@@ -227,6 +256,135 @@ def _child_rows(model, model_args, model_kwargs, z, row_sites, obs_names):
     return flat[0], flat[1]
 
 
+
+MAX_LOCATION_PARENTS = 1000  # beyond this the m × m Schur complement costs more than it buys
+
+
+def _locations(model, model_args, model_kwargs, z, row_sites, obs_names):
+    """Flat means of the elements of ``row_sites`` then of ``obs_names`` (0 where the
+    site is not Normal or StudentT)."""
+    with numpyro.validation_enabled(False):
+        tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(
+            *model_args, **model_kwargs
+        )
+    locs = {}
+    for name in tuple(row_sites) + tuple(obs_names):
+        fn = _base(tr[name]["fn"])
+        shape = jnp.shape(tr[name]["value"])
+        loc = fn.loc if isinstance(fn, (dist.Normal, dist.StudentT)) else jnp.zeros(shape)
+        locs[name] = jnp.broadcast_to(loc, shape).astype(jnp.result_type(float))
+    return ravel_pytree(
+        [{k: locs[k] for k in row_sites}, {k: locs[k] for k in obs_names}]
+    )[0]
+
+
+MAX_JACOBIAN = 20_000_000  # entries of one site's dense Jacobian of the means
+
+
+def _linear_means(model, model_args, model_kwargs, z0, others, obs_names, zpos0, factor, rng):
+    """The linear dependence of the factors' means on the parameters.
+
+    ``factor`` flags the rows (the elements of ``others`` then of ``obs_names``) whose
+    precision depends on η at most. A row is kept where its mean's derivative along
+    a random direction is non-zero and the same at a second random point (θ and
+    every positive site moved): a mean linear in θ with coefficients that depend on
+    nothing. Returns ``(rows, cols, coefficients)``, ``cols`` indexing the flat
+    ``others``, or None when no row qualifies.
+    """
+    x0, unravel = ravel_pytree({k: z0[k] for k in others})
+    if x0.size == 0 or not factor.any():
+        return None
+
+    def locs(x, zpos):
+        z = {**unravel(x), **zpos}
+        return _locations(model, model_args, model_kwargs, z, others, obs_names)
+
+    tangent = jnp.asarray(rng.normal(size=x0.shape), x0.dtype)
+    _, dm0 = jax.jvp(lambda x: locs(x, zpos0), (x0,), (tangent,))
+    dm0 = np.asarray(dm0)
+    if not (factor & (dm0 != 0)).any():
+        return None
+    x1 = jnp.asarray(rng.uniform(-1.0, 1.0, size=x0.shape), x0.dtype)
+    zpos1 = {
+        k: jnp.asarray(rng.uniform(-1.0, 1.0, size=np.shape(v)), v.dtype) for k, v in zpos0.items()
+    }
+    _, dm1 = jax.jvp(lambda x: locs(x, zpos1), (x1,), (tangent,))
+    tol = 1e-4 if dm0.dtype == np.float32 else 1e-9
+    linear = factor & (dm0 != 0) & (np.abs(dm0 - np.asarray(dm1)) <= tol * (1 + np.abs(dm0)))
+    if not linear.any():
+        return None
+    rows, cols, vals, offset = [], [], [], 0
+    for k in others:
+        size = int(np.size(z0[k]))
+        t = np.zeros(x0.shape)
+        t[offset : offset + size] = rng.normal(size=size)
+        _, dm = jax.jvp(lambda x: locs(x, zpos0), (x0,), (jnp.asarray(t, x0.dtype),))
+        if (np.asarray(dm)[linear] != 0).any() and linear.size * size <= MAX_JACOBIAN:
+
+            def along(v, k=k, offset=offset, size=size):
+                return locs(jnp.concatenate([x0[:offset], v, x0[offset + size :]]), zpos0)
+
+            jac = np.asarray(jax.jacfwd(along)(x0[offset : offset + size]))
+            jac = np.where(linear[:, None], jac, 0.0)
+            r, c = np.nonzero(jac)
+            rows.append(r)
+            cols.append(c + offset)
+            vals.append(jac[r, c])
+        offset += size
+    if not rows:
+        return None
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def _to_theta(others, params, z0) -> np.ndarray:
+    """Flat index over ``others`` -> flat θ index (``params`` holds every site of ``others``)."""
+    theta_offset, offset = {}, 0
+    for k in params:
+        theta_offset[k] = offset
+        offset += int(np.size(z0[k]))
+    to_theta, offset = np.zeros(sum(int(np.size(z0[k])) for k in others), int), 0
+    for k in others:
+        size = int(np.size(z0[k]))
+        to_theta[offset : offset + size] = theta_offset[k] + np.arange(size)
+        offset += size
+    return to_theta
+
+
+def _data_in_theta(links, others, params, z0) -> DataTerm:
+    obs, cols, vals = links
+    return DataTerm(obs, _to_theta(others, params, z0)[cols], vals**2)
+
+
+def _coupling_in_theta(links, others, params, z0):
+    """The :class:`LocationCoupling` in flat θ indices, from rows/cols over ``others``."""
+    rows, cols, vals = links
+    to_theta = _to_theta(others, params, z0)
+    rows, cols = to_theta[rows], to_theta[cols]
+    parents = np.unique(cols)
+    m = parents.size
+    if m > MAX_LOCATION_PARENTS:
+        warnings.warn(
+            f"{m} location parents: more than {MAX_LOCATION_PARENTS}, so the θ metric"
+            " ignores the coupling between them and their children (it stays diagonal)."
+            " Sampling is still exact.",
+            UserWarning,
+            stacklevel=5,
+        )
+        return None
+    col_of = {int(j): i for i, j in enumerate(parents)}
+    parent_rows = np.isin(rows, parents)
+    child_rows = np.unique(rows[~parent_rows])
+    row_of = {int(j): i for i, j in enumerate(child_rows)}
+    b_rows = np.zeros((child_rows.size, m))
+    b_parents = np.zeros((m, m))
+    for r, c, v in zip(rows, cols, vals, strict=True):
+        if r in col_of:
+            b_parents[col_of[int(r)], col_of[int(c)]] = v
+        else:
+            b_rows[row_of[int(r)], col_of[int(c)]] = v
+    return LocationCoupling(parents, child_rows, b_rows, b_parents)
+
+
 def split_z(z: dict, partition: SitePartition) -> tuple[Array, Array]:
     """Flatten ``z`` into (θ, η), each in sorted site order, both in one dtype.
 
@@ -277,6 +435,29 @@ def prior_precision_fn(
         latent, _ = site_precisions(model, model_args, model_kwargs, z, ())
         prec, _ = ravel_pytree({k: latent[k] for k in partition.params})
         return jnp.where(mask, prec.astype(eta.dtype), 0.0)
+
+    return fn
+
+
+def data_precision_fn(
+    model: Callable, partition: SitePartition, model_args=(), model_kwargs=None
+) -> Callable[[Array], Array] | None:
+    """η -> D(η), the exact Fisher diagonal of the Normal observations whose means are
+    linear in θ (see :class:`DataTerm`), or None where there are none."""
+    term = partition.data_term
+    if term is None:
+        return None
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+    template = partition.param_template
+    obs_names = partition.observed
+    num_params = int(partition.governed_mask.size)
+
+    def fn(eta):
+        z = {**template, **_unflatten(eta, partition.hyper_sites)}
+        _, observed = site_precisions(model, model_args, model_kwargs, z, obs_names)
+        prec, _ = ravel_pytree({k: observed[k] for k in obs_names})
+        contrib = prec.astype(eta.dtype)[term.obs] * jnp.asarray(term.b2, eta.dtype)
+        return jax.ops.segment_sum(contrib, term.cols, num_segments=num_params)
 
     return fn
 
@@ -575,6 +756,24 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
 
     # θ: the rows of the non-positive sites, then the positive sites left in θ
     lat_governed = dict(_split_rows(governed_rows[:n_lat], others, z0))
+    means = _linear_means(
+        model, model_args, model_kwargs, z0, others, obs_names, zpos0, governed_rows, rng
+    )
+    links = data_links = None
+    if means is not None:
+        latent_row = means[0] < n_lat
+        links = tuple(a[latent_row] for a in means) if latent_row.any() else None
+        obs_row = ~latent_row
+        if obs_row.any():
+            data_links = (means[0][obs_row] - n_lat, means[1][obs_row], means[2][obs_row])
+    parents_of, children_of = {}, {}
+    if links is not None:
+        site_of = np.concatenate(
+            [np.full(int(np.size(z0[k])), i) for i, k in enumerate(others)] + [np.zeros(0, int)]
+        )
+        for r, c in set(zip(site_of[links[0]].tolist(), site_of[links[1]].tolist())):
+            parents_of.setdefault(others[r], set()).add(others[c])
+            children_of.setdefault(others[c], set()).add(others[r])
     param_infos = {}
     for k in params:
         shape = tuple(jnp.shape(z0[k]))
@@ -594,6 +793,8 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
             governed=governed,
             governed_by=by,
             positive=k in positive,
+            location_parents=tuple(sorted(parents_of.get(k, ()))),
+            location_of=tuple(sorted(children_of.get(k, ()))),
         )
     if fallbacks:
         warnings.warn(
@@ -610,6 +811,9 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
         param_sites=param_infos,
         hyper_sites=hyper_infos,
         param_template={k: jnp.asarray(z0[k]) for k in params},
+        coupling=None if links is None else _coupling_in_theta(links, others, params, z0),
+        data_term=None if data_links is None else _data_in_theta(data_links, others, params, z0),
+        observed=obs_names,
     )
 
 

@@ -14,6 +14,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, init_to_median
 
 from numpyro_s3hmc import S3HMC
+from numpyro_s3hmc.metrics import param_diagonal
 
 X = jax.random.normal(jax.random.PRNGKey(1), (30, 3))
 Y = X @ jnp.array([1.0, -1.0, 0.5]) + 0.3 * jax.random.normal(jax.random.PRNGKey(2), (30,))
@@ -272,7 +273,8 @@ def test_adapted_trajectory_length_on_funnel():
 
 def test_prior_scale_matches_the_likelihood_curvature():
     """mu ~ N(0, 1/sqrt(tau)) and 50 observations y ~ N(mu, 1/sqrt(tau)): the
-    posterior curvature of mu is 51 tau, its prior's tau, so the default metric
+    posterior curvature of mu is 51 tau. The default (coupled) metric has it exactly
+    from the model, as a function of tau. Without it, the adaptation (``prior*fisher``)
     scales the prior precision by about 51, less three standard errors of the
     estimate (it errs low on purpose: 29 on jax 0.10.0, 35 on 0.10.2, the chains'
     round-off differing); "prior+fisher" adds about 50 E[tau]."""
@@ -284,12 +286,26 @@ def test_prior_scale_matches_the_likelihood_curvature():
             numpyro.sample("y", dist.Normal(mu, 1 / jnp.sqrt(tau)), obs=y)
 
     y = jax.random.normal(jax.random.PRNGKey(3), (50,))
-    scaled = MCMC(S3HMC(model), num_warmup=500, num_samples=1, progress_bar=False)
+    # by default the observations' Fisher information 50 tau is exact, not adapted
+    exact = MCMC(S3HMC(model), num_warmup=500, num_samples=1, progress_bar=False)
+    exact.run(jax.random.PRNGKey(0), y)
+    state = exact.last_state
+    _, metric, _ = exact.sampler._hamiltonian_parts((y,), {}, state.metric_state, jnp.float32)
+    tau = jnp.exp(state.z["tau"])
+    np.testing.assert_allclose(param_diagonal(metric, state.z["tau"][None]), 51 * tau, rtol=0.1)
+    np.testing.assert_allclose(
+        param_diagonal(metric, state.z["tau"][None] + 1.0), 51 * tau * np.e, rtol=0.1
+    )
+
+    scaled = MCMC(S3HMC(model, coupled_metric=False), num_warmup=500, num_samples=1, progress_bar=False)
     scaled.run(jax.random.PRNGKey(0), y)
     assert 20.0 < float(scaled.last_state.metric_state.prior_scale[0]) < 70.0
     assert float(scaled.last_state.metric_state.data_precision[0]) == 0.0
     added = MCMC(
-        S3HMC(model, param_metric="prior+fisher"), num_warmup=500, num_samples=1, progress_bar=False
+        S3HMC(model, param_metric="prior+fisher", coupled_metric=False),
+        num_warmup=500,
+        num_samples=1,
+        progress_bar=False,
     )
     added.run(jax.random.PRNGKey(0), y)
     state = added.last_state.metric_state

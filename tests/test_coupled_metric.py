@@ -1,0 +1,313 @@
+"""The coupled prior-Fisher metric G_θ(η) = (I − B)ᵀW(η)(I − B) + D(η) and the
+location parents behind it (docs/design.md §3.1).
+
+Structured linear algebra against dense float64, the integrators on a coupled
+metric (reversible, volume-preserving, second order), what the partition finds,
+and exactness: a prior-only funnel with a location parent (the posterior is the
+prior) and eight schools, centred, against its posterior by quadrature.
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import MCMC
+
+from exact_answers import assert_mean
+from numpyro_s3hmc import S3HMC, partition_sites
+from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
+from numpyro_s3hmc.metrics import (
+    LocationCoupling,
+    SemiSeparableMetric,
+    coupling_energy,
+    coupling_energy_grad,
+    hamiltonian,
+    param_diagonal,
+    param_logdet_and_solve,
+    sample_momentum,
+)
+
+# --- structured linear algebra -------------------------------------------------
+
+N, PARENTS = 9, np.array([0, 4, 7])  # parents 4 and 7 have parent 0 (nested groups)
+ROWS = np.array([1, 2, 3, 5, 6, 8])
+
+
+def random_metric(rng, data_zero=False):
+    b_rows = rng.normal(size=(ROWS.size, PARENTS.size)) * (rng.uniform(size=(6, 3)) < 0.6)
+    b_parents = np.zeros((3, 3))
+    b_parents[1:, 0] = rng.normal(size=2)
+    coupling = LocationCoupling(PARENTS, ROWS, jnp.asarray(b_rows), jnp.asarray(b_parents))
+    scale = jnp.asarray(rng.uniform(0.5, 2.0, size=N))
+    d = np.where(rng.uniform(size=N) < 0.5, 0.0, rng.uniform(0.1, 3.0, size=N))
+    d = jnp.zeros(N) if data_zero else jnp.asarray(d)
+    metric = SemiSeparableMetric(
+        lambda eta: scale * jnp.exp(eta[0]), jnp.ones(1), lambda eta: d * jnp.exp(eta[1]), coupling
+    )
+    a = np.eye(N)
+    for i, r in enumerate(ROWS):
+        a[r, PARENTS] -= b_rows[i]
+    for i, r in enumerate(PARENTS):
+        a[r, PARENTS] -= b_parents[i]
+
+    def dense(eta):
+        eta = np.asarray(eta)
+        w = np.asarray(scale) * np.exp(eta[0])
+        return a.T @ np.diag(w) @ a + np.diag(np.asarray(d) * np.exp(eta[1]))
+
+    return metric, dense
+
+
+@pytest.mark.parametrize("data_zero", [False, True])
+def test_structured_solves_match_dense(data_zero):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        metric, dense = random_metric(rng, data_zero)
+        eta = jnp.array([0.3, -0.4])
+        g = dense(eta)
+        r = jnp.asarray(rng.normal(size=N))
+        logdet, x = param_logdet_and_solve(metric, eta, r)
+        np.testing.assert_allclose(logdet, np.linalg.slogdet(g)[1], rtol=1e-12)
+        np.testing.assert_allclose(x, np.linalg.solve(g, r), rtol=1e-10)
+        np.testing.assert_allclose(param_diagonal(metric, eta), np.diag(g), rtol=1e-12)
+        # ∂/∂η of ½log|G| + ½ rᵀG⁻¹r against finite differences of the dense form
+        d_eta, x2 = coupling_energy_grad(metric, eta, r)
+        np.testing.assert_allclose(x2, x, rtol=1e-12)
+
+        def dense_energy(e):
+            ge = dense(e)
+            return 0.5 * np.linalg.slogdet(ge)[1] + 0.5 * r @ np.linalg.solve(ge, r)
+
+        h = 1e-6
+        fd = [
+            (dense_energy(eta + h * np.eye(2)[k]) - dense_energy(eta - h * np.eye(2)[k])) / (2 * h)
+            for k in range(2)
+        ]
+        np.testing.assert_allclose(d_eta, fd, rtol=1e-6)
+        np.testing.assert_allclose(
+            coupling_energy(metric, eta, r), dense_energy(np.asarray(eta)), rtol=1e-12
+        )
+
+
+def test_momentum_covariance_is_the_metric():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        metric, dense = random_metric(rng)
+        eta = jnp.array([0.1, 0.2])
+        n = 200_000
+        keys = jax.random.split(jax.random.PRNGKey(0), n)
+        r, _ = jax.vmap(lambda k: sample_momentum(metric, k, eta, N))(keys)
+        cov = np.cov(np.asarray(r).T)
+        g = dense(eta)
+        se = np.sqrt((np.outer(np.diag(g), np.diag(g)) + g**2) / n)
+        assert np.all(np.abs(cov - g) < 5 * se), np.max(np.abs(cov - g) / se)
+
+
+# --- integrators on a coupled metric -------------------------------------------
+
+SIGMA = np.array([1.5, 1.0, 0.6, 2.0])
+Y = np.array([1.0, -0.5, 2.0, 0.3])
+
+
+def es_potential(theta, eta):
+    """θ = (μ, θ₁..θ₄), η = log τ: μ ~ N(0, 2), θ_j ~ N(μ, τ), y_j ~ N(θ_j, σ_j), τ ~ LogNormal(0, 1)."""
+    mu, th, tau = theta[0], theta[1:], jnp.exp(eta[0])
+    u = 0.5 * mu**2 / 4.0 + 0.5 * jnp.sum((th - mu) ** 2) / tau**2 + th.size * eta[0]
+    u = u + 0.5 * jnp.sum((Y - th) ** 2 / SIGMA**2)
+    return u + 0.5 * eta[0] ** 2
+
+
+def es_metric():
+    coupling = LocationCoupling(np.array([0]), np.arange(1, 5), jnp.ones((4, 1)), jnp.zeros((1, 1)))
+    prior = lambda eta: jnp.concatenate([jnp.full(1, 0.25), jnp.full(4, jnp.exp(-2 * eta[0]))])  # noqa: E731
+    data = jnp.concatenate([jnp.zeros(1), 1 / SIGMA**2])
+    return SemiSeparableMetric(prior, jnp.array([8.0]), data, coupling)
+
+
+def es_state():
+    theta, eta = jnp.array([0.4, 0.9, -0.3, 1.2, 0.1]), jnp.array([-0.2])
+    u, (g_theta, g_eta) = jax.value_and_grad(es_potential, argnums=(0, 1))(theta, eta)
+    return IntegratorState(
+        theta, eta, jnp.array([0.5, -1.0, 0.2, 0.8, -0.4]), jnp.array([1.3]), u, g_theta, g_eta
+    )
+
+
+def es_run(name, state, step_size, num_steps):
+    def potential_and_grad(theta, eta):
+        u, (g_theta, g_eta) = jax.value_and_grad(es_potential, argnums=(0, 1))(theta, eta)
+        return u, g_theta, g_eta
+
+    kwargs = {"fixed_point_tol": 1e-14} if name == "implicit_alba" else {}
+    step = build_integrator(name, potential_and_grad, es_metric(), **kwargs)
+    for _ in range(num_steps):
+        state, info = step(state, step_size)
+        assert bool(info.ok)
+    return state
+
+
+def es_energy(state):
+    return hamiltonian(es_metric(), state.potential_energy, state.eta, state.r_theta, state.r_eta)
+
+
+@pytest.mark.parametrize("name", INTEGRATORS)
+def test_coupled_integrators_reversible_and_volume_preserving(name):
+    with jax.enable_x64(True):
+        start = es_state()
+        end = es_run(name, start, 0.1, 15)
+        back = es_run(name, end._replace(r_theta=-end.r_theta, r_eta=-end.r_eta), 0.1, 15)
+        np.testing.assert_allclose(back.theta, start.theta, atol=1e-11)
+        np.testing.assert_allclose(back.eta, start.eta, atol=1e-11)
+        np.testing.assert_allclose(-back.r_theta, start.r_theta, atol=1e-11)
+        assert np.abs(np.asarray(end.theta - start.theta)).max() > 0.1
+
+        def flow(x):
+            s = es_state()
+            s = s._replace(theta=x[:5], eta=x[5:6], r_theta=x[6:11], r_eta=x[11:])
+            u, (g_theta, g_eta) = jax.value_and_grad(es_potential, argnums=(0, 1))(s.theta, s.eta)
+            s = es_run(name, s._replace(potential_energy=u, grad_theta=g_theta, grad_eta=g_eta), 0.1, 5)
+            return jnp.concatenate([s.theta, s.eta, s.r_theta, s.r_eta])
+
+        s = es_state()
+        x0 = jnp.concatenate([s.theta, s.eta, s.r_theta, s.r_eta])
+        det = np.linalg.det(np.asarray(jax.jacfwd(flow)(x0)))
+        assert abs(det - 1.0) < 1e-9, det
+
+
+@pytest.mark.parametrize("name", INTEGRATORS)
+def test_coupled_energy_error_is_second_order(name):
+    with jax.enable_x64(True):
+        errors = []
+        for h in (0.04, 0.02):
+            end = es_run(name, es_state(), h, int(round(0.4 / h)))
+            errors.append(abs(float(es_energy(end) - es_energy(es_state()))))
+        assert 3.0 < errors[0] / errors[1] < 5.5, errors
+
+
+# --- the partition ---------------------------------------------------------------
+
+Y8 = np.array([28.0, 8, -3, 7, -1, 1, 18, 12])
+S8 = np.array([15.0, 10, 16, 11, 9, 11, 10, 18])
+
+
+def eight_schools(sigma=S8, y=Y8):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("J", sigma.size):
+        theta = numpyro.sample("theta", dist.Normal(mu, tau))
+        numpyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+
+X_REG = np.random.default_rng(3).normal(size=(12, 3))
+
+
+def group_regression():
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([3]))
+    tau = numpyro.sample("tau", dist.HalfNormal(1.0))
+    a = numpyro.sample("a", dist.Normal(X_REG @ beta, tau))
+    numpyro.sample("y", dist.Normal(a, 0.5), obs=np.zeros(12))
+
+
+def nonlinear_mean():
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(1.0))
+    numpyro.sample("a", dist.Normal(jnp.tanh(beta), tau).expand([4]))
+
+
+def test_partition_finds_location_parents_and_data_term():
+    p = partition_sites(eight_schools)
+    assert p.param_sites["theta"].location_parents == ("mu",)
+    assert p.param_sites["mu"].location_of == ("theta",)
+    assert "location parent of theta" in str(p) and "mean <- mu" in str(p)
+    np.testing.assert_array_equal(p.coupling.parents, [0])  # mu sorts first
+    np.testing.assert_array_equal(p.coupling.rows, np.arange(1, 9))
+    np.testing.assert_allclose(p.coupling.b_rows, np.ones((8, 1)))
+    np.testing.assert_array_equal(p.data_term.cols, np.arange(1, 9))
+
+    p = partition_sites(group_regression)
+    assert p.param_sites["a"].location_parents == ("beta",)
+    np.testing.assert_allclose(p.coupling.b_rows, X_REG, rtol=1e-5)
+
+    p = partition_sites(nonlinear_mean)  # tanh(β): no constant coefficient, no coupling
+    assert p.coupling is None and p.param_sites["a"].location_parents == ()
+
+
+# --- exactness -------------------------------------------------------------------
+
+
+def located_funnel():
+    mu = numpyro.sample("mu", dist.Normal(1.0, 2.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(2.0))
+    numpyro.sample("theta", dist.Normal(mu, tau).expand([10]))
+
+
+def test_prior_only_funnel_with_location_parent_is_exact():
+    kernel = S3HMC(located_funnel)
+    mcmc = MCMC(kernel, num_warmup=500, num_samples=2000, num_chains=2, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    assert kernel.partition.coupling is not None
+    s = mcmc.get_samples(group_by_chain=True)
+    euler = 0.5772156649015329
+    assert_mean(np.log(s["tau"]), np.log(2.0) - 0.5 * (euler + np.log(2.0)), "log tau")
+    assert_mean(s["mu"], 1.0, "mu")
+    assert_mean(s["theta"][..., 3], 1.0, "theta[3]")
+    assert_mean(s["theta"][..., 3] ** 2, 1.0 + 4.0 + 4.0, "theta[3]^2")
+
+
+def eight_schools_tau_posterior():
+    """p(τ | y) on a grid, θ and μ integrated out exactly: y | τ ~ N(0, diag(σ² + τ²) + 25·11ᵀ)."""
+    tau = np.concatenate([np.geomspace(1e-4, 1.0, 4000)[:-1], np.linspace(1.0, 400.0, 40000)])
+    log_post = np.empty_like(tau)
+    for i, t in enumerate(tau):
+        cov = np.diag(S8**2 + t**2) + 25.0
+        _, logdet = np.linalg.slogdet(cov)
+        log_post[i] = -0.5 * logdet - 0.5 * Y8 @ np.linalg.solve(cov, Y8) - np.log1p((t / 5.0) ** 2)
+    dens = np.exp(log_post - log_post.max())
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(tau))])
+    cdf /= cdf[-1]
+    mean = np.sum(0.5 * (dens[1:] * tau[1:] + dens[:-1] * tau[:-1]) * np.diff(tau))
+    mean /= np.sum(0.5 * (dens[1:] + dens[:-1]) * np.diff(tau))
+    mean_log = np.sum(
+        0.5 * (dens[1:] * np.log(tau[1:]) + dens[:-1] * np.log(tau[:-1])) * np.diff(tau)
+    ) / np.sum(0.5 * (dens[1:] + dens[:-1]) * np.diff(tau))
+    return mean, mean_log, np.interp(0.05, cdf, tau)
+
+
+def run_eight_schools(num_samples, seed):
+    mcmc = MCMC(
+        S3HMC(eight_schools),
+        num_warmup=1000,
+        num_samples=num_samples,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.PRNGKey(seed), extra_fields=("diverging",))
+    return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields()["diverging"]
+
+
+def check_eight_schools(samples, diverging):
+    from numpyro_s3hmc._arviz import arviz
+
+    mean, mean_log, q05 = eight_schools_tau_posterior()
+    tau = np.asarray(samples["tau"])
+    assert_mean(tau, mean, "tau")
+    assert_mean(np.log(tau), mean_log, "log tau")
+    assert_mean((tau < q05).astype(float), 0.05, "P(tau < q05)")
+    for name, v in samples.items():
+        v = np.asarray(v).reshape(v.shape[0], v.shape[1], -1)
+        rhat = max(float(arviz().rhat(v[..., i])) for i in range(v.shape[-1]))
+        assert rhat < 1.01, (name, rhat)
+    assert np.mean(diverging) < 0.005
+
+
+def test_eight_schools_centred_is_exact():
+    check_eight_schools(*run_eight_schools(2500, 0))
+
+
+@pytest.mark.slow
+def test_eight_schools_centred_is_exact_long():
+    check_eight_schools(*run_eight_schools(10_000, 1))
