@@ -154,14 +154,21 @@ def markdown(cells, families, seeds, command) -> str:
     return "\n".join(lines)
 
 
-def write_results(text, path=HERE / "results.md"):
-    """Put ``text`` between the family markers of ``path``, adding the section once."""
+def write_results(
+    text,
+    path=HERE / "results.md",
+    start=START,
+    end=END,
+    title="Hyperprior families: 50-D prior-only funnels",
+):
+    """Put ``text`` between the ``start`` and ``end`` markers of ``path``, adding a
+    section called ``title`` once."""
     old = path.read_text()
-    block = f"{START}\n{text}\n{END}"
-    if START in old:
-        new = old[: old.index(START)] + block + old[old.index(END) + len(END) :]
+    block = f"{start}\n{text}\n{end}"
+    if start in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
-        new = old.rstrip("\n") + "\n\n## Hyperprior families: 50-D prior-only funnels\n\n"
+        new = old.rstrip("\n") + f"\n\n## {title}\n\n"
         new += block + "\n"
     path.write_text(new)
 

@@ -13,6 +13,9 @@ Models:
 - ``hierarchical``: a regression with group intercepts and slopes around a
   common mean, a Gamma precision for the group coefficients and one Gamma noise
   precision per group;
+- ``scale_location``: eight schools' shape with six groups, a HalfNormal scale
+  hyperprior and a location parent (μ ~ N(0, 2), τ ~ HalfNormal(1),
+  θ_j ~ N(μ, τ), y_j ~ N(θ_j, σ_j)): the coupled metric's case;
 - ``bnn``: a [1, 4, 1] tanh network with a Gamma precision per layer and an
   output precision; its parameters are ranked only through quantities that the
   network's sign and permutation symmetries leave unchanged (the output bias,
@@ -78,6 +81,17 @@ def hierarchical(x=X_H, y=None):
     numpyro.sample("y", dist.Normal(loc, 1.0 / jnp.sqrt(tau_y)[:, None]), obs=y)
 
 
+SIGMA_SL = np.array([0.5, 1.0, 2.0, 0.5, 1.0, 2.0])
+
+
+def scale_location(sigma=SIGMA_SL, y=None):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(1.0))
+    with numpyro.plate("J", sigma.size):
+        theta = numpyro.sample("theta", dist.Normal(mu, tau))
+        numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
 H_BNN, N_BNN = 4, 12
 X_BNN = np.linspace(-2.0, 2.0, N_BNN)
 
@@ -118,6 +132,12 @@ def _hier_quantities(s):
     return q
 
 
+def _sl_quantities(s):
+    q = {"tau": s["tau"], "mu": s["mu"]}
+    q.update({f"theta[{j}]": s["theta"][..., j] for j in (0, 2)})
+    return q
+
+
 def _bnn_quantities(s):
     zero = np.tanh(s["b1"]) * s["w2"]  # hidden activations at x = 0, times w2
     return {
@@ -133,6 +153,7 @@ def _bnn_quantities(s):
 MODELS = {
     "normal_gamma": SBCModel(normal_gamma, (N_NG,), _ng_quantities),
     "hierarchical": SBCModel(hierarchical, (X_H,), _hier_quantities),
+    "scale_location": SBCModel(scale_location, (SIGMA_SL,), _sl_quantities),
     "bnn": SBCModel(bnn, (X_BNN,), _bnn_quantities),
 }
 

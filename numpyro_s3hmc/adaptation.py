@@ -42,6 +42,7 @@ from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging, wa
 from numpyro_s3hmc._types import Array
 
 PARAM_METRICS = ("prior*fisher", "prior+fisher", "prior+variance", "prior")
+UNGOVERNED_MASSES = ("gradient", "variance", "fisher")
 
 
 class MetricAdaptState(NamedTuple):
@@ -65,6 +66,7 @@ def metric_adapter(
     adapt_trajectory_length: bool = True,
     target_accept_prob: float = 0.8,
     parents: Array | None = None,
+    ungoverned_mass: str = "gradient",
 ):
     """Return ``(init_fn, update_fn)`` for the step size, θ metric and path length.
 
@@ -78,6 +80,10 @@ def metric_adapter(
     target Gaussian in those units. On the centred Gamma funnel the slowest
     direction is log τ, and this gives ≈ 13 (see benchmarks/).
     """
+    if ungoverned_mass not in UNGOVERNED_MASSES:
+        raise ValueError(
+            f"ungoverned_mass must be one of {UNGOVERNED_MASSES}, got {ungoverned_mass!r}."
+        )
     if param_metric not in PARAM_METRICS:
         raise ValueError(f"param_metric must be one of {PARAM_METRICS}, got {param_metric!r}.")
     governed = np.asarray(governed, bool)  # static: init may run under pmap
@@ -137,7 +143,14 @@ def metric_adapter(
             scaled = governed & (mean > 0)
             new_scale = jnp.where(scaled, 1.0 + extra / mean, 1.0).astype(d.dtype)
             extra = jnp.where(scaled, 0.0, extra)
-        new_d = jnp.where(excess, extra, total).astype(d.dtype)
+        # the mass of an element no prior factor describes (docs/design.md §6)
+        if ungoverned_mass == "variance" or param_metric in ("prior", "prior+variance"):
+            plain = 1.0 / var_theta
+        elif ungoverned_mass == "fisher":  # nutpie's sqrt(Var ∇U / Var x), E[∇U] = 0
+            plain = jnp.where(fisher > 0, jnp.sqrt(fisher / var_theta), 1.0 / var_theta)
+        else:  # "gradient": the mean squared gradient
+            plain = jnp.where(fisher > 0, fisher, 1.0 / var_theta)
+        new_d = jnp.where(excess, extra, plain).astype(d.dtype)
         if adapt_trajectory_length:
             # θ counts as whitened by its metric (scale 1); its marginal variance is
             # no guide where it is multimodal (BNN weights), so only η's enter

@@ -163,8 +163,11 @@ class S3HMC(MCMCKernel):
     hyperparameters η = log h (every positive site that scales a ``Normal`` or
     ``StudentT`` child, whatever its prior, see
     :func:`~numpyro_s3hmc.partition_sites` and docs/design.md §1), and samples both
-    jointly with a Riemannian metric: the prior precision of each parameter at the
-    current h (scaled in warmup to the posterior's curvature), and for each η_l the
+    jointly with a Riemannian metric: the Fisher information of the model's ``Normal``
+    factors at the current h, which couples each parameter with the parameters in its
+    prior mean (μ in θ_j ~ N(μ, τ), docs/design.md §3.1) and takes the data term of
+    Normal observations with linear means exactly, plus a constant adapted in warmup
+    to the rest of the posterior's curvature; and for each η_l the
     constant c_l, its children's Fisher information in η_l (the paper's
     c_l = Q_l/2 + α_l − 1 for a Gamma precision; docs/design.md §3). Exact: every
     transition ends in a Metropolis-Hastings test on the full Hamiltonian.
@@ -196,6 +199,12 @@ class S3HMC(MCMCKernel):
         θ_j ~ N(μ, τ)), and Normal observations with such means give the data
         term exactly (adapted only beyond it). ``False``: the diagonal prior
         precision plus an adapted constant, as before.
+    ungoverned_mass : the constant metric of a parameter no ``Normal`` or
+        ``StudentT`` prior factor describes (a GP's latent values, a Laplace
+        coefficient, a positive site that scales nothing): ``"gradient"``, the mean
+        squared gradient (the posterior's mean curvature); ``"variance"``, the
+        inverse Welford variance; ``"fisher"``, nutpie's sqrt(Var ∇U / Var x), their
+        geometric mean.
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -229,6 +238,7 @@ class S3HMC(MCMCKernel):
         max_num_steps: int = 512,
         param_metric: str = "prior*fisher",
         coupled_metric: bool = True,
+        ungoverned_mass: str = "gradient",
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
         init_strategy: Callable = init_to_uniform,
@@ -254,6 +264,7 @@ class S3HMC(MCMCKernel):
         self._max_num_steps = int(max_num_steps)
         self._param_metric = param_metric
         self._coupled_metric = bool(coupled_metric)
+        self._ungoverned_mass = ungoverned_mass
         self._hyper_sites = hyper_sites
         self._count_observations = count_observations
         self._init_strategy = init_strategy
@@ -358,6 +369,7 @@ class S3HMC(MCMCKernel):
             adapt_metric=self._adapt_metric,
             target_accept_prob=self._target_accept_prob,
             parents=parents,
+            ungoverned_mass=self._ungoverned_mass,
         )
         init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
         self._sample_fn = self._sample_chain

@@ -30,7 +30,8 @@ def p_values(out):
 @pytest.mark.slow
 @pytest.mark.parametrize("integrator", INTEGRATORS)
 @pytest.mark.parametrize(
-    "model, replicas", [("normal_gamma", 400), ("hierarchical", 400), ("bnn", 200)]
+    "model, replicas",
+    [("normal_gamma", 400), ("hierarchical", 400), ("scale_location", 400), ("bnn", 200)],
 )
 def test_sbc_ranks_uniform(model, replicas, integrator):
     out = sbc.run_sbc(model, integrator, num_replicas=replicas, num_draws=NUM_DRAWS, seed=1)
