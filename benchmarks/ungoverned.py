@@ -13,7 +13,7 @@ adapted in warmup (``ungoverned_mass``):
 Models, beside NUTS on the same model:
 
 - **latent GP**: 30 points on [0, 10], ℓ ~ LogNormal(0, 1), σ_f ~ HalfNormal(1),
-  f ~ MVN(0, σ_f² K_ℓ + 10⁻⁶ I) with a squared-exponential K, y ~ Poisson(exp f);
+  f ~ MVN(0, σ_f² K_ℓ + 10⁻³ I) with a squared-exponential K, y ~ Poisson(exp f);
 - **Bayesian lasso**: scikit-learn's diabetes data (442 × 10, standardised),
   b ~ HalfCauchy(1), β ~ Laplace(0, b)¹⁰, σ ~ HalfNormal(1), y ~ N(Xβ, σ).
 
@@ -51,7 +51,7 @@ def latent_gp(n=30, seed=0):
         length = numpyro.sample("length", dist.LogNormal(0.0, 1.0))
         amp = numpyro.sample("amp", dist.HalfNormal(1.0))
         k = amp**2 * jnp.exp(-0.5 * (x[:, None] - x[None]) ** 2 / length**2)
-        f = numpyro.sample("f", dist.MultivariateNormal(1.0, k + 1e-6 * jnp.eye(n)))
+        f = numpyro.sample("f", dist.MultivariateNormal(1.0, k + 1e-3 * jnp.eye(n)))
         numpyro.sample("y", dist.Poisson(jnp.exp(f)), obs=y)
 
     return model

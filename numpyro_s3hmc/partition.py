@@ -439,6 +439,48 @@ def prior_precision_fn(
     return fn
 
 
+def noncentred_candidates(partition: SitePartition, model, model_args=(), model_kwargs=None):
+    """The θ sites :func:`noncentred` can re-parameterise: ``Normal`` sites whose every
+    element is governed and whose scale depends on a hyperparameter."""
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+    tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    return tuple(
+        k
+        for k, info in partition.param_sites.items()
+        if info.governed_by
+        and info.governed.all()
+        and isinstance(_base(tr[k]["fn"]), dist.Normal)
+    )
+
+
+def noncentred(model: Callable, sites) -> Callable:
+    """``model`` with the Normal ``sites`` in ``LocScaleReparam(0)`` coordinates
+    (docs/design.md §3.2): each is sampled as ``<site>_decentered`` ~ N(0, 1) and
+    recorded as the deterministic θ = loc + scale · θ_decentered, so the draws keep
+    the user's names. A hyperparameter that scaled only them becomes a plain parameter.
+    """
+    from numpyro.handlers import reparam
+    from numpyro.infer.reparam import LocScaleReparam
+
+    if not sites:
+        return model
+    return reparam(model, config={k: LocScaleReparam(0) for k in sites})
+
+
+def standardise(model: Callable, model_args, model_kwargs, z: dict, sites) -> dict:
+    """(θ − loc)/scale of each Normal site in ``sites`` at the unconstrained point ``z``
+    of ``model`` (the user's, centred): its non-centred coordinates."""
+    with numpyro.validation_enabled(False):
+        tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(
+            *model_args, **model_kwargs
+        )
+    out = {}
+    for k in sites:
+        fn = _base(tr[k]["fn"])
+        out[k] = (tr[k]["value"] - fn.loc) / fn.scale
+    return out
+
+
 def data_precision_fn(
     model: Callable, partition: SitePartition, model_args=(), model_kwargs=None
 ) -> Callable[[Array], Array] | None:

@@ -311,3 +311,68 @@ def test_eight_schools_centred_is_exact():
 @pytest.mark.slow
 def test_eight_schools_centred_is_exact_long():
     check_eight_schools(*run_eight_schools(10_000, 1))
+
+
+# --- coordinates ---------------------------------------------------------------------
+
+
+def test_noncentred_coordinates_are_exact_and_keep_the_user_names():
+    kernel = S3HMC(located_funnel, coordinates="noncentred")
+    mcmc = MCMC(kernel, num_warmup=500, num_samples=2000, num_chains=2, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1))
+    assert kernel.partition.params == ("mu", "tau", "theta_decentered")
+    assert kernel.partition.hyper == ()  # tau scales nothing once theta is non-centred
+    s = mcmc.get_samples(group_by_chain=True)
+    assert s["theta"].shape == (2, 2000, 10)  # the user's site, as a deterministic one
+    euler = 0.5772156649015329
+    assert_mean(np.log(s["tau"]), np.log(2.0) - 0.5 * (euler + np.log(2.0)), "log tau")
+    assert_mean(s["theta"][..., 3], 1.0, "theta[3]")
+    assert_mean(s["theta"][..., 3] ** 2, 1.0 + 4.0 + 4.0, "theta[3]^2")
+
+
+def test_unknown_coordinates_is_an_error():
+    with pytest.raises(ValueError, match="coordinates must be one of"):
+        S3HMC(located_funnel, coordinates="partial")
+
+
+def data_dominated(y=np.array([3.0, -1.0, 0.5, 2.0, -2.5, 1.5])):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(5.0))
+    with numpyro.plate("J", y.size):
+        theta = numpyro.sample("theta", dist.Normal(mu, tau))
+        # 400 unit-noise observations per group, as their mean: precision 400
+        numpyro.sample("y", dist.Normal(theta, 0.05), obs=y)
+
+
+@pytest.mark.parametrize(
+    "model, expected, chain_method",
+    [
+        (located_funnel, "noncentred", "sequential"),  # one decision for both chains
+        (located_funnel, "noncentred", "vectorized"),
+        (data_dominated, "centred", "vectorized"),
+    ],
+)
+def test_auto_coordinates_follow_the_data(model, expected, chain_method):
+    kernel = S3HMC(model, coordinates="auto")
+    mcmc = MCMC(
+        kernel,
+        num_warmup=200,
+        num_samples=200,
+        num_chains=2,
+        chain_method=chain_method,
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.PRNGKey(2))
+    assert kernel.coordinates == {"theta": expected}
+    s = mcmc.get_samples(group_by_chain=True)
+    assert s["theta"].shape[:2] == (2, 200) and np.isfinite(s["theta"]).all()
+    if expected == "centred":
+        # the data pin each theta_j near y_j
+        np.testing.assert_allclose(s["theta"].mean((0, 1)), data_dominated.__defaults__[0], atol=0.05)
+
+
+def test_init_params_in_user_coordinates_are_converted():
+    z = {"mu": jnp.array(0.5), "tau": jnp.log(jnp.array(2.0)), "theta": jnp.full(10, 1.5)}
+    kernel = S3HMC(located_funnel, coordinates="noncentred")
+    state = kernel.init(jax.random.PRNGKey(0), 10, init_params=z)
+    np.testing.assert_allclose(state.z["theta_decentered"], np.full(10, 0.5), rtol=1e-6)
