@@ -69,19 +69,17 @@ def test_bnn_cnn_runs(ex, tmp_path):
     assert len(sampler["precisions"]) == 6  # kernel and bias of three layers
 
 
-def test_conv3x3_is_a_same_convolution(ex):
+@pytest.mark.parametrize("strides", [1, 2])
+def test_conv3x3_is_a_convolution(ex, strides):
     x = jax.random.uniform(jax.random.PRNGKey(0), (3, 8, 8, 2))
-    conv = ex.Conv3x3(5)
+    conv = ex.Conv3x3(5, strides=strides)
     params = conv.init(jax.random.PRNGKey(1), x)["params"]
     params = {**params, "bias": jnp.arange(5.0)}
-    ref = nn.Conv(5, (3, 3), padding="SAME")
+    ref = nn.Conv(5, (3, 3), strides=strides, padding=1)
     ref_params = {"kernel": params["kernel"].reshape(3, 3, 2, 5), "bias": params["bias"]}
-    np.testing.assert_allclose(
-        conv.apply({"params": params}, x),
-        ref.apply({"params": ref_params}, x),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    out = conv.apply({"params": params}, x)
+    assert out.shape == (3, 8 // strides, 8 // strides, 5)
+    np.testing.assert_allclose(out, ref.apply({"params": ref_params}, x), rtol=1e-5, atol=1e-5)
 
 
 def test_expected_calibration_error_known_answers(ex):
