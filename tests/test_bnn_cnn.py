@@ -26,7 +26,7 @@ CLASSIFIERS = ("S3HMC BNN", "Adam", "MC dropout")
 TINY = [
     "--num-warmup", "20",
     "--num-samples", "10",
-    "--num-chains", "2",
+    "--num-chains", "1",  # a second sequential chain compiles again: 13 s more
     "--max-num-steps", "8",
     "--channels", "2",
     "--hidden", "8",
@@ -65,7 +65,7 @@ def test_bnn_cnn_runs(ex, tmp_path):
     assert numbers["Adam"]["mean_mutual_information_test"] == 0.0
     sampler = numbers["S3HMC BNN"]["sampler"]
     assert sampler["grads_per_draw"] <= 8 * 2  # a step takes one or two gradients
-    assert isinstance(sampler["max_rhat"], float)
+    assert sampler["max_rhat"] is None  # one chain (bnn_digits tests two)
     assert len(sampler["precisions"]) == 6  # kernel and bias of three layers
 
 
