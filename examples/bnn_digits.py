@@ -201,6 +201,7 @@ def run_s3hmc(data: dict, args):
         progress_bar=False,
     )
     mcmc.run(key_mcmc, x, y, init_params=z0, extra_fields=("num_grad_evals", "diverging"))
+    jax.block_until_ready(mcmc.get_samples())  # JAX dispatches asynchronously
     return model, mcmc, time.time() - t0
 
 
