@@ -66,7 +66,7 @@ def metric_adapter(
     adapt_trajectory_length: bool = True,
     target_accept_prob: float = 0.8,
     parents: Array | None = None,
-    ungoverned_mass: str = "gradient",
+    ungoverned_mass: str = "fisher",
 ):
     """Return ``(init_fn, update_fn)`` for the step size, θ metric and path length.
 

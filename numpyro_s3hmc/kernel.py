@@ -208,10 +208,11 @@ class S3HMC(MCMCKernel):
         precision plus an adapted constant, as before.
     ungoverned_mass : the constant metric of a parameter no ``Normal`` or
         ``StudentT`` prior factor describes (a GP's latent values, a Laplace
-        coefficient, a positive site that scales nothing): ``"gradient"``, the mean
-        squared gradient (the posterior's mean curvature); ``"variance"``, the
-        inverse Welford variance; ``"fisher"``, nutpie's sqrt(Var ∇U / Var x), their
-        geometric mean.
+        coefficient, a positive site that scales nothing): ``"fisher"`` (default),
+        nutpie's sqrt(Var ∇U / Var x), the geometric mean of the other two;
+        ``"gradient"``, the mean squared gradient (the posterior's mean curvature);
+        ``"variance"``, the inverse Welford variance. ``"fisher"`` was best or tied
+        in every cell of ``benchmarks/ungoverned.py`` and on non-centred eight schools.
     coordinates : ``"centred"`` (default): sample the model as written;
         ``"noncentred"``: sample every ``Normal`` site whose scale depends on the
         hyperparameters in NumPyro's ``LocScaleReparam(0)`` coordinates
@@ -254,7 +255,7 @@ class S3HMC(MCMCKernel):
         max_num_steps: int = 512,
         param_metric: str = "prior*fisher",
         coupled_metric: bool = True,
-        ungoverned_mass: str = "gradient",
+        ungoverned_mass: str = "fisher",
         coordinates: str = "centred",
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
