@@ -129,7 +129,8 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples, model=None, kernel
     latent sites (a reparameterised model records them as deterministic)."""
     import jax
 
-    from numpyro.handlers import seed as seeded, trace
+    from numpyro.handlers import seed as seeded
+    from numpyro.handlers import trace
 
     from numpyro_s3hmc import compare_samplers
 

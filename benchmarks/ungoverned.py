@@ -26,14 +26,13 @@ import shlex
 import sys
 from pathlib import Path
 
+import hierarchical
 import numpy as np
 
 import jax.numpy as jnp
 
 import numpyro
 import numpyro.distributions as dist
-
-import hierarchical
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- ungoverned:start -->", "<!-- ungoverned:end -->"

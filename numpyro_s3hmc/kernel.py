@@ -30,15 +30,14 @@ from numpyro_s3hmc.metrics import (
 from numpyro_s3hmc.partition import (
     SitePartition,
     data_precision_fn,
+    merge_z,
     noncentred,
     noncentred_candidates,
-    standardise,
-    merge_z,
     partition_sites,
     prior_precision_fn,
     split_z,
+    standardise,
 )
-
 
 COORDINATES = ("centred", "noncentred", "auto")
 
@@ -383,7 +382,9 @@ class S3HMC(MCMCKernel):
         if sites:
             self._sampled_model = noncentred(self._model, sites)
             if init_params is not None:  # given in the user's (centred) coordinates
-                init_params = self._to_noncentred(init_params, sites, vectorized, model_args, model_kwargs)
+                init_params = self._to_noncentred(
+                    init_params, sites, vectorized, model_args, model_kwargs
+                )
         self._partition = partition_sites(
             self._sampled_model,
             model_args,
@@ -431,7 +432,9 @@ class S3HMC(MCMCKernel):
         (``None`` before ``init``, or when ``coordinates="centred"``)."""
         if self._noncentred_sites is None or self._candidates is None:
             return None
-        return {k: "noncentred" if k in self._noncentred_sites else "centred" for k in self._candidates}
+        return {
+            k: "noncentred" if k in self._noncentred_sites else "centred" for k in self._candidates
+        }
 
     def _to_noncentred(self, z, sites, vectorized, model_args, model_kwargs):
         def convert(z):
@@ -455,7 +458,10 @@ class S3HMC(MCMCKernel):
         (docs/design.md §3.2). Returns the chosen sites and the pilot's last point.
         """
         candidates = noncentred_candidates(
-            partition_sites(self._model, model_args, model_kwargs), self._model, model_args, model_kwargs
+            partition_sites(self._model, model_args, model_kwargs),
+            self._model,
+            model_args,
+            model_kwargs,
         )
         self._candidates = candidates
         if not candidates:

@@ -256,7 +256,6 @@ def _child_rows(model, model_args, model_kwargs, z, row_sites, obs_names):
     return flat[0], flat[1]
 
 
-
 MAX_LOCATION_PARENTS = 1000  # beyond this the m × m Schur complement costs more than it buys
 
 
@@ -273,9 +272,7 @@ def _locations(model, model_args, model_kwargs, z, row_sites, obs_names):
         shape = jnp.shape(tr[name]["value"])
         loc = fn.loc if isinstance(fn, (dist.Normal, dist.StudentT)) else jnp.zeros(shape)
         locs[name] = jnp.broadcast_to(loc, shape).astype(jnp.result_type(float))
-    return ravel_pytree(
-        [{k: locs[k] for k in row_sites}, {k: locs[k] for k in obs_names}]
-    )[0]
+    return ravel_pytree([{k: locs[k] for k in row_sites}, {k: locs[k] for k in obs_names}])[0]
 
 
 MAX_JACOBIAN = 20_000_000  # entries of one site's dense Jacobian of the means
@@ -447,9 +444,7 @@ def noncentred_candidates(partition: SitePartition, model, model_args=(), model_
     return tuple(
         k
         for k, info in partition.param_sites.items()
-        if info.governed_by
-        and info.governed.all()
-        and isinstance(_base(tr[k]["fn"]), dist.Normal)
+        if info.governed_by and info.governed.all() and isinstance(_base(tr[k]["fn"]), dist.Normal)
     )
 
 

@@ -9,6 +9,7 @@ prior) and eight schools, centred, against its posterior by quadrature.
 
 import numpy as np
 import pytest
+from exact_answers import assert_mean
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,6 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC
 
-from exact_answers import assert_mean
 from numpyro_s3hmc import S3HMC, partition_sites
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
 from numpyro_s3hmc.metrics import (
@@ -168,7 +168,9 @@ def test_coupled_integrators_reversible_and_volume_preserving(name):
             s = es_state()
             s = s._replace(theta=x[:5], eta=x[5:6], r_theta=x[6:11], r_eta=x[11:])
             u, (g_theta, g_eta) = jax.value_and_grad(es_potential, argnums=(0, 1))(s.theta, s.eta)
-            s = es_run(name, s._replace(potential_energy=u, grad_theta=g_theta, grad_eta=g_eta), 0.1, 5)
+            s = es_run(
+                name, s._replace(potential_energy=u, grad_theta=g_theta, grad_eta=g_eta), 0.1, 5
+            )
             return jnp.concatenate([s.theta, s.eta, s.r_theta, s.r_eta])
 
         s = es_state()
@@ -368,7 +370,9 @@ def test_auto_coordinates_follow_the_data(model, expected, chain_method):
     assert s["theta"].shape[:2] == (2, 200) and np.isfinite(s["theta"]).all()
     if expected == "centred":
         # the data pin each theta_j near y_j
-        np.testing.assert_allclose(s["theta"].mean((0, 1)), data_dominated.__defaults__[0], atol=0.05)
+        np.testing.assert_allclose(
+            s["theta"].mean((0, 1)), data_dominated.__defaults__[0], atol=0.05
+        )
 
 
 def test_init_params_in_user_coordinates_are_converted():

@@ -297,7 +297,9 @@ def test_prior_scale_matches_the_likelihood_curvature():
         param_diagonal(metric, state.z["tau"][None] + 1.0), 51 * tau * np.e, rtol=0.1
     )
 
-    scaled = MCMC(S3HMC(model, coupled_metric=False), num_warmup=500, num_samples=1, progress_bar=False)
+    scaled = MCMC(
+        S3HMC(model, coupled_metric=False), num_warmup=500, num_samples=1, progress_bar=False
+    )
     scaled.run(jax.random.PRNGKey(0), y)
     assert 20.0 < float(scaled.last_state.metric_state.prior_scale[0]) < 70.0
     assert float(scaled.last_state.metric_state.data_precision[0]) == 0.0
