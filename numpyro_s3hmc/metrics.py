@@ -98,27 +98,36 @@ def _schur(metric: SemiSeparableMetric, eta: Array, w: Array):
     return delta, jnp.linalg.cholesky(s)
 
 
-def param_logdet_and_solve(
-    metric: SemiSeparableMetric, eta: Array, r_theta: Array
-) -> tuple[Array, Array]:
-    """log|G_θ(η)| and G_θ(η)⁻¹ r_θ."""
+def _factorise(metric: SemiSeparableMetric, eta: Array) -> tuple[Array, Callable[[Array], Array]]:
+    """log|G_θ(η)| and r -> G_θ(η)⁻¹ r, with G_θ(η) factorised once."""
     w = metric.param_precision(eta)
     if metric.coupling is None:
         g = _diagonal(metric, eta, w)
-        return jnp.sum(jnp.log(g)), r_theta / g
+        return jnp.sum(jnp.log(g)), lambda r: r / g
     cp = metric.coupling
     delta, chol = _schur(metric, eta, w)
     in_c = jnp.ones_like(w, dtype=bool).at[cp.parents].set(False)
     logdet = jnp.sum(jnp.where(in_c, jnp.log(jnp.where(in_c, delta, 1.0)), 0.0))
     logdet = logdet + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-    # G = [[Δ, E], [Eᵀ, F]] with E = −W_C B_C: x_L = S⁻¹(r_L − EᵀΔ⁻¹r_C), x_C = Δ⁻¹(r_C − E x_L)
     wr = w[cp.rows] / delta[cp.rows]
-    rhs = r_theta[cp.parents] + cp.b_rows.T @ (wr * r_theta[cp.rows])
-    x_parents = jax.scipy.linalg.cho_solve((chol, True), rhs)
-    x = r_theta / jnp.where(in_c, delta, 1.0)
-    x = x.at[cp.rows].add(wr * (cp.b_rows @ x_parents))
-    x = x.at[cp.parents].set(x_parents)
-    return logdet, x
+    delta_c = jnp.where(in_c, delta, 1.0)
+
+    def solve(r):
+        # G = [[Δ, E], [Eᵀ, F]], E = −W_C B_C: x_L = S⁻¹(r_L − EᵀΔ⁻¹r_C), x_C = Δ⁻¹(r_C − E x_L)
+        rhs = r[cp.parents] + cp.b_rows.T @ (wr * r[cp.rows])
+        x_parents = jax.scipy.linalg.cho_solve((chol, True), rhs)
+        x = (r / delta_c).at[cp.rows].add(wr * (cp.b_rows @ x_parents))
+        return x.at[cp.parents].set(x_parents)
+
+    return logdet, solve
+
+
+def param_logdet_and_solve(
+    metric: SemiSeparableMetric, eta: Array, r_theta: Array
+) -> tuple[Array, Array]:
+    """log|G_θ(η)| and G_θ(η)⁻¹ r_θ."""
+    logdet, solve = _factorise(metric, eta)
+    return logdet, solve(r_theta)
 
 
 def param_diagonal(metric: SemiSeparableMetric, eta: Array) -> Array:
@@ -187,11 +196,7 @@ def coupling_energy_grad(
 
 def param_solver(metric: SemiSeparableMetric, eta: Array) -> Callable[[Array], Array]:
     """r -> G_θ(η)⁻¹ r at a fixed η, factorised once."""
-    w = metric.param_precision(eta)
-    if metric.coupling is None:
-        g = _diagonal(metric, eta, w)
-        return lambda r: r / g
-    return lambda r: param_logdet_and_solve(metric, eta, r)[1]
+    return _factorise(metric, eta)[1]
 
 
 def hyper_kinetic_energy(metric: SemiSeparableMetric, r_eta: Array) -> Array:
