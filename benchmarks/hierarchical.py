@@ -249,23 +249,29 @@ def figure(cells, path):
     fig.savefig(path, dpi=120)
 
 
+def parse_suite_args(argv, doc, models, write_help):
+    """The flags every suite script shares; ``--quick`` is 2 chains × 300 + 300, one seed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 chains × 300 + 300, one seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", choices=models, default=list(models))
+    parser.add_argument("--num-chains", type=int, default=4)
+    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--write", action="store_true", help=write_help)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.num_chains, args.num_warmup, args.num_samples = args.seeds[:1], 2, 300, 300
+    return args
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--cell"]:  # one (model, seed), in a child process
         name, seed, chains, warmup, samples = argv[1:]
         print(json.dumps(run_cell(name, int(seed), int(chains), int(warmup), int(samples))))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 chains × 300 + 300, one seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--num-warmup", type=int, default=1000)
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--write", action="store_true", help="update results.md and the figure")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.num_chains, args.num_warmup, args.num_samples = args.seeds[:1], 2, 300, 300
+    args = parse_suite_args(argv, __doc__, MODELS, "update results.md and the figure")
     cells = run(args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples)
     command = shlex.join(["python", "benchmarks/hierarchical.py", *argv])
     text = markdown(cells, args.models, args.seeds, command)

@@ -20,7 +20,6 @@ Models, beside NUTS on the same model:
     python benchmarks/ungoverned.py [--quick] [--seeds 0 1 2] [--write]
 """
 
-import argparse
 import json
 import shlex
 import sys
@@ -124,17 +123,7 @@ def main(argv=None) -> int:
         )
         print(json.dumps(result))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 chains × 300 + 300, one seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--num-warmup", type=int, default=1000)
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--write", action="store_true", help="update benchmarks/results.md")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.num_chains, args.num_warmup, args.num_samples = args.seeds[:1], 2, 300, 300
+    args = hierarchical.parse_suite_args(argv, __doc__, MODELS, "update benchmarks/results.md")
     cells = hierarchical.run(
         args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples, __file__
     )
