@@ -18,7 +18,6 @@ from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integr
 from numpyro_s3hmc.partition import split_z
 
 ITERS = 1000
-GRADS_PER_STEP = {"splitting": 1, "alba": 3, "implicit_alba": 3}
 
 
 def _timed(fn, x, repeats=7):
@@ -55,7 +54,7 @@ def overhead(model, args) -> dict[str, float]:
             potential_and_grad, metric, _ = kernel._hamiltonian_parts(
                 args, {}, metric_state, d.dtype
             )
-            step = build_integrator(integrator, potential_and_grad, metric)
+            step, _ = build_integrator(integrator, potential_and_grad, metric)
             theta, eta = split_z(z, kernel.partition)
             u, g_theta, g_eta = potential_and_grad(theta, eta)
             s = IntegratorState(theta, eta, 0 * theta, 0 * eta, u, g_theta, g_eta)
@@ -63,7 +62,9 @@ def overhead(model, args) -> dict[str, float]:
             return jax.lax.fori_loop(0, ITERS, body, s).theta
 
         t_step = _timed(many_steps, state.z)
-        out[integrator] = t_step / (GRADS_PER_STEP[integrator] * t_grad)
+        parts = kernel._hamiltonian_parts(args, {}, metric_state, d.dtype)
+        _, grads_per_step = build_integrator(integrator, *parts[:2])
+        out[integrator] = t_step / (grads_per_step * t_grad)
     return out
 
 

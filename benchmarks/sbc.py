@@ -5,7 +5,7 @@ each, run S3HMC on every data set (all replicas in one vmapped, jitted loop),
 keep L thinned posterior draws per replica and count how many fall below the
 true value. For a correct sampler each rank is uniform on {0, ..., L}; a
 chi-square test on B bins checks it, Bonferroni-corrected over the ranked
-quantities of a (model, integrator) pair.
+quantities of a (model, integrator, trajectory scheme) run.
 
 Models:
 
@@ -27,6 +27,7 @@ too, to show the test can fail.
 
     python benchmarks/sbc.py                      # everything: sbc.md, sbc.png
     python benchmarks/sbc.py --models normal_gamma --integrators splitting
+    python benchmarks/sbc.py --trajectories nuts --no-wrong
 """
 
 import argparse
@@ -54,6 +55,7 @@ from numpyro_s3hmc import S3HMC
 from numpyro_s3hmc import kernel as kernel_module
 from numpyro_s3hmc.integrators import INTEGRATORS
 from numpyro_s3hmc.metrics import hyper_kinetic_energy, param_logdet_and_solve
+from numpyro_s3hmc.trajectory import TRAJECTORIES
 
 HERE = Path(__file__).parent
 
@@ -172,7 +174,8 @@ def _state_axes(state):
 def no_logdet_hamiltonian(metric, potential_energy, eta, r_theta, r_eta):
     """A wrong H for the Metropolis-Hastings test: ½ log|G_θ(η)| left out."""
     _, velocity = param_logdet_and_solve(metric, eta, r_theta)
-    return potential_energy + 0.5 * jnp.dot(r_theta, velocity) + hyper_kinetic_energy(metric, r_eta)
+    h = potential_energy + 0.5 * jnp.dot(r_theta, velocity) + hyper_kinetic_energy(metric, r_eta)
+    return h, velocity, r_eta / metric.hyper_precision
 
 
 def run_sbc(
@@ -250,7 +253,7 @@ def run_sbc(
 
     keys = jax.random.split(key_run, num_replicas)
     patch = (
-        mock.patch.object(kernel_module, "hamiltonian", no_logdet_hamiltonian)
+        mock.patch.object(kernel_module, "hamiltonian_and_velocity", no_logdet_hamiltonian)
         if wrong
         else contextlib.nullcontext()
     )
@@ -293,6 +296,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--integrators", nargs="+", default=list(INTEGRATORS))
+    parser.add_argument("--trajectories", nargs="+", default=list(TRAJECTORIES))
     parser.add_argument("--num-replicas", type=int, default=400)
     parser.add_argument("--bnn-replicas", type=int, default=200)
     parser.add_argument("--num-draws", type=int, default=99)
@@ -312,11 +316,13 @@ def main(argv=None):
     version = _kernel_version()  # before the package can change under a long run
 
     kernel_kwargs = {} if args.param_metric is None else {"param_metric": args.param_metric}
-    runs = [(m, i, False) for m in args.models for i in args.integrators]
+    runs = [
+        (m, i, t, False) for m in args.models for i in args.integrators for t in args.trajectories
+    ]
     if not args.no_wrong:
-        runs.append(("hierarchical", "splitting", True))
+        runs.append(("hierarchical", "splitting", "static", True))
     results = []
-    for model, integrator, wrong in runs:
+    for model, integrator, trajectory, wrong in runs:
         replicas = args.bnn_replicas if model == "bnn" else args.num_replicas
         out = run_sbc(
             model,
@@ -327,9 +333,11 @@ def main(argv=None):
             num_warmup=args.num_warmup,
             seed=args.seed,
             wrong=wrong,
+            trajectory=trajectory,
             **kernel_kwargs,
         )
-        label = integrator + (" (wrong: no ½log|G|)" if wrong else "")
+        label = integrator + ("" if trajectory == "static" else f", {trajectory}")
+        label += " (wrong: no ½log|G|)" if wrong else ""
         m = len(out["ranks"])
         rows = []
         for q, r in out["ranks"].items():

@@ -112,60 +112,89 @@ def metric_adapter(
             data_precision, ones, zeros, zeros, zeros, jnp.int32(0), length
         )
 
-    def update_fn(i, accept_prob, z, grad_theta, prior_precision, wa_state, metric_state):
-        d, scale, mean, fisher, fisher_sq, count, length = metric_state
-        in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
-        count = jnp.where(in_window, count + 1, count)
-        weight = 1.0 / jnp.maximum(count, 1)
-        mean = jnp.where(in_window, mean + (prior_precision - mean) * weight, mean)
-        g2 = grad_theta**2
-        fisher = jnp.where(in_window, fisher + (g2 - fisher) * weight, fisher)
-        fisher_sq = jnp.where(in_window, fisher_sq + (g2**2 - fisher_sq) * weight, fisher_sq)
-        new_wa_state = wa_update(i, accept_prob, (z,), wa_state)
-        if not adapt_metric:
-            return new_wa_state, MetricAdaptState(d, scale, mean, fisher, fisher_sq, count, length)
-        closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
-        variance = new_wa_state.inverse_mass_matrix
-        var_theta, var_eta = variance[:n], variance[n:size]
+    def _ungoverned(fisher, var_theta):
+        """The mass of an element no prior factor describes (docs/design.md §6)."""
+        if ungoverned_mass == "variance" or param_metric in ("prior", "prior+variance"):
+            return 1.0 / var_theta
+        if ungoverned_mass == "fisher":  # nutpie's sqrt(Var ∇U / Var x), E[∇U] = 0
+            return jnp.where(fisher > 0, jnp.sqrt(fisher / var_theta), 1.0 / var_theta)
+        return jnp.where(fisher > 0, fisher, 1.0 / var_theta)  # the mean squared gradient
+
+    def _param_constants(metric_state, var_theta):
+        """d and s of G_θ from this window's means and θ's Welford variance."""
+        d = metric_state.data_precision
+        mean, fisher = metric_state.precision_mean, metric_state.fisher_mean
         if param_metric in ("prior*fisher", "prior+fisher"):
             # E[(∂U/∂θ_i)²] = E[∂²U/∂θ_i²] under the posterior: its mean curvature,
             # which a multimodal marginal (a BNN's) hides from the variance
             total = jnp.where(fisher > 0, fisher, 1.0 / var_theta)
             # only what stands clear of the estimate's noise (3 standard errors,
             # ignoring autocorrelation): on a prior-only funnel F ≈ P̄ and d stays 0
-            noise = 3.0 * jnp.sqrt(jnp.maximum(fisher_sq - fisher**2, 0.0) / count)
+            spread = jnp.maximum(metric_state.fisher_sq_mean - fisher**2, 0.0)
+            noise = 3.0 * jnp.sqrt(spread / metric_state.count)
         else:
             total, noise = 1.0 / var_theta, 0.0
         extra = jnp.maximum(total - mean - noise, 0.0) if param_metric != "prior" else 0.0 * d
-        new_scale = scale
+        scale = metric_state.prior_scale
         if param_metric == "prior*fisher":
             # the same excess curvature, as a factor of the mean prior precision
             scaled = governed & (mean > 0)
-            new_scale = jnp.where(scaled, 1.0 + extra / mean, 1.0).astype(d.dtype)
+            scale = jnp.where(scaled, 1.0 + extra / mean, 1.0).astype(d.dtype)
             extra = jnp.where(scaled, 0.0, extra)
-        # the mass of an element no prior factor describes (docs/design.md §6)
-        if ungoverned_mass == "variance" or param_metric in ("prior", "prior+variance"):
-            plain = 1.0 / var_theta
-        elif ungoverned_mass == "fisher":  # nutpie's sqrt(Var ∇U / Var x), E[∇U] = 0
-            plain = jnp.where(fisher > 0, jnp.sqrt(fisher / var_theta), 1.0 / var_theta)
-        else:  # "gradient": the mean squared gradient
-            plain = jnp.where(fisher > 0, fisher, 1.0 / var_theta)
-        new_d = jnp.where(excess, extra, plain).astype(d.dtype)
+        plain = _ungoverned(fisher, var_theta)
+        return jnp.where(excess, extra, plain).astype(d.dtype), scale
+
+    def update_fn(i, accept_prob, z, grad_theta, prior_precision, wa_state, metric_state):
+        in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
+        metric_state = _accumulate(metric_state, in_window, prior_precision, grad_theta)
+        new_wa_state = wa_update(i, accept_prob, (z,), wa_state)
+        if not adapt_metric:
+            return new_wa_state, metric_state
+        closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
+        variance = new_wa_state.inverse_mass_matrix
+        var_theta, var_eta = variance[:n], variance[n:size]
+        d, scale = _param_constants(metric_state, var_theta)
+        length = metric_state.trajectory_length
         if adapt_trajectory_length:
-            # θ counts as whitened by its metric (scale 1); its marginal variance is
-            # no guide where it is multimodal (BNN weights), so only η's enter
-            scales = jnp.concatenate([jnp.ones(1, d.dtype), var_eta * c.astype(d.dtype)])
-            new_length = (jnp.pi * jnp.sqrt(jnp.max(scales))).astype(length.dtype)
-            length = jnp.where(closed, new_length, length)
-        d = jnp.where(closed, new_d, d)
-        scale = jnp.where(closed, new_scale, scale)
-        mean = jnp.where(closed, jnp.zeros_like(mean), mean)
-        fisher = jnp.where(closed, jnp.zeros_like(fisher), fisher)
-        fisher_sq = jnp.where(closed, jnp.zeros_like(fisher_sq), fisher_sq)
-        count = jnp.where(closed, 0, count)
-        return new_wa_state, MetricAdaptState(d, scale, mean, fisher, fisher_sq, count, length)
+            length = jnp.where(closed, _trajectory_length(var_eta, c, d.dtype), length)
+        zeros = jnp.zeros_like(metric_state.precision_mean)
+        metric_state = MetricAdaptState(
+            data_precision=jnp.where(closed, d, metric_state.data_precision),
+            prior_scale=jnp.where(closed, scale, metric_state.prior_scale),
+            precision_mean=jnp.where(closed, zeros, metric_state.precision_mean),
+            fisher_mean=jnp.where(closed, zeros, metric_state.fisher_mean),
+            fisher_sq_mean=jnp.where(closed, zeros, metric_state.fisher_sq_mean),
+            count=jnp.where(closed, 0, metric_state.count),
+            trajectory_length=length,
+        )
+        return new_wa_state, metric_state
 
     return init_fn, update_fn
+
+
+def _accumulate(metric_state, in_window, prior_precision, grad_theta):
+    """One draw into the window means of P, (∂U/∂θ)² and (∂U/∂θ)⁴."""
+    count = jnp.where(in_window, metric_state.count + 1, metric_state.count)
+    weight = 1.0 / jnp.maximum(count, 1)
+
+    def update(mean, x):
+        return jnp.where(in_window, mean + (x - mean) * weight, mean)
+
+    g2 = grad_theta**2
+    return metric_state._replace(
+        precision_mean=update(metric_state.precision_mean, prior_precision),
+        fisher_mean=update(metric_state.fisher_mean, g2),
+        fisher_sq_mean=update(metric_state.fisher_sq_mean, g2**2),
+        count=count,
+    )
+
+
+def _trajectory_length(var_eta, c, dtype):
+    """π × the largest posterior sd in the metric's units: sqrt(v_l c_l) over η, and
+    1 for θ, which the metric whitens (its marginal variance is no guide where it is
+    multimodal, as BNN weights are)."""
+    scales = jnp.concatenate([jnp.ones(1, dtype), var_eta * c.astype(dtype)])
+    return jnp.pi * jnp.sqrt(jnp.max(scales))
 
 
 def restart_step_size(wa_state, step_size: Array):

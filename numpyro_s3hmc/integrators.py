@@ -22,7 +22,10 @@ symplectic maps, so it is reversible and preserves volume by construction.
   Strang composition V(ε/2) K_θ(ε/2) K_η(ε) K_θ(ε/2) V(ε/2) needs one gradient
   of U per step (docs/design.md §5.3).
 
-Every step has the signature ``step(state, step_size) -> (state, StepInfo)``.
+Each is a factory returning ``(step, grads_per_step)``: the step has the
+signature ``step(state, step_size) -> (state, StepInfo)`` (a negative step size
+integrates backward in time, as a no-U-turn tree needs), and ``grads_per_step`` is
+the number of gradients of U one step evaluates.
 
 References
 ----------
@@ -35,6 +38,7 @@ Hamiltonian Monte Carlo methods. JRSS B.
 """
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -63,7 +67,6 @@ class IntegratorState(NamedTuple):
 
 
 class StepInfo(NamedTuple):
-    num_grad_evals: int  # static count of gradients of U in one step
     ok: Array  # shape=(), dtype=bool; False: non-finite, τ ≤ 0 or no fixed point
     fixed_point_iters: Array  # shape=(), dtype=int32; most iterations of a solve
 
@@ -110,13 +113,38 @@ def _finite(state):
     return jnp.isfinite(state.potential_energy) & jnp.all(jnp.isfinite(state.r_eta))
 
 
+def _sandwich(param_block, hyper_step, param_steps, hyper_steps):
+    """The ALBA step: θ block for ε/2, ``hyper_steps`` η steps, θ block for ε/2."""
+
+    def step(state: IntegratorState, step_size):
+        state = param_block(state, 0.5 * step_size, param_steps)
+        ok, iters = jnp.bool_(True), jnp.int32(0)
+        for _ in range(hyper_steps):
+            state, ok_h, it_h = hyper_step(state, step_size / hyper_steps)
+            ok, iters = ok & ok_h, jnp.maximum(iters, it_h)
+        state = param_block(state, 0.5 * step_size, param_steps)
+        return state, StepInfo(ok & _finite(state), iters)
+
+    return step, 2 * param_steps + hyper_steps
+
+
+def _theta_only(param_block, param_steps):
+    """No hyperparameters: the θ block alone, a plain leapfrog with G_θ fixed."""
+
+    def step(state: IntegratorState, step_size):
+        state = param_block(state, step_size, param_steps)
+        return state, StepInfo(_finite(state), jnp.int32(0))
+
+    return step, param_steps
+
+
 def alba(
     potential_and_grad: PotentialAndGrad,
     metric: SemiSeparableMetric,
     *,
     param_steps: int = 1,
     hyper_steps: int = 1,
-) -> Callable:
+) -> tuple[Callable, int]:
     """ALBA in log-precision coordinates (docs/design.md §5.1).
 
     Parameters
@@ -125,20 +153,16 @@ def alba(
     metric : the semi-separable metric.
     param_steps, hyper_steps : inner leapfrog steps of each block per step.
     """
-    n_hyper = metric.hyper_precision.shape[0]
 
-    def step(state: IntegratorState, step_size):
-        if n_hyper == 0:  # no hyperparameters: plain leapfrog with G_θ fixed
-            state = _param_block(potential_and_grad, metric, state, step_size, param_steps)
-            return state, StepInfo(param_steps, _finite(state), jnp.int32(0))
-        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
-        for _ in range(hyper_steps):
-            state = _hyper_leapfrog(potential_and_grad, metric, state, step_size / hyper_steps)
-        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
-        num_grads = 2 * param_steps + hyper_steps
-        return state, StepInfo(num_grads, _finite(state), jnp.int32(0))
+    param_block = partial(_param_block, potential_and_grad, metric)
 
-    return step
+    if metric.hyper_precision.shape[0] == 0:
+        return _theta_only(param_block, param_steps)
+
+    def hyper_step(state, h):
+        return _hyper_leapfrog(potential_and_grad, metric, state, h), jnp.bool_(True), jnp.int32(0)
+
+    return _sandwich(param_block, hyper_step, param_steps, hyper_steps)
 
 
 def _solve_fixed_point(fn, x0, tol, max_iter):
@@ -167,7 +191,7 @@ def implicit_alba(
     hyper_steps: int = 1,
     fixed_point_tol: float | None = None,
     fixed_point_max_iter: int = 100,
-) -> Callable:
+) -> tuple[Callable, int]:
     """ALBA with the hyperparameter block in τ coordinates (docs/design.md §5.2).
 
     In τ the block's Hamiltonian is H_τ = V_η(log τ) + ½ Σ τ² r_τ² / c with
@@ -204,27 +228,23 @@ def implicit_alba(
 
     max_it = fixed_point_max_iter
 
-    def step(state: IntegratorState, step_size):
-        if n_hyper == 0:
-            return alba(potential_and_grad, metric, param_steps=param_steps)(state, step_size)
+    param_block = partial(_param_block, potential_and_grad, metric)
+
+    if n_hyper == 0:
+        return _theta_only(param_block, param_steps)
+
+    def tolerant_step(state, h):
         tol = fixed_point_tol
         if tol is None:
             tol = 1e-6 if state.eta.dtype == jnp.float32 else 1e-10
-        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
-        ok, iters = jnp.bool_(True), jnp.int32(0)
-        for _ in range(hyper_steps):
-            state, ok_h, it_h = hyper_step(state, step_size / hyper_steps, tol)
-            ok, iters = ok & ok_h, jnp.maximum(iters, it_h)
-        state = _param_block(potential_and_grad, metric, state, 0.5 * step_size, param_steps)
-        num_grads = 2 * param_steps + hyper_steps
-        return state, StepInfo(num_grads, ok & _finite(state), iters)
+        return hyper_step(state, h, tol)
 
-    return step
+    return _sandwich(param_block, tolerant_step, param_steps, hyper_steps)
 
 
 def one_gradient_splitting(
     potential_and_grad: PotentialAndGrad, metric: SemiSeparableMetric
-) -> Callable:
+) -> tuple[Callable, int]:
     """The Strang splitting V(ε/2) K_θ(ε/2) K_η(ε) K_θ(ε/2) V(ε/2) (docs/design.md §5.3).
 
     The flow of K_θ = ½ r_θᵀG_θ(η)⁻¹r_θ moves θ by t G_θ(η)⁻¹ r_θ and r_η by
@@ -254,9 +274,9 @@ def one_gradient_splitting(
             grad_theta=grad_theta,
             grad_eta=grad_eta,
         )
-        return state, StepInfo(1, _finite(state), jnp.int32(0))
+        return state, StepInfo(_finite(state), jnp.int32(0))
 
-    return step
+    return step, 1
 
 
 def build_integrator(
@@ -268,8 +288,9 @@ def build_integrator(
     hyper_steps: int = 1,
     fixed_point_tol: float | None = None,
     fixed_point_max_iter: int = 100,
-) -> Callable:
-    """The integrator called ``name`` (one of :data:`INTEGRATORS`)."""
+) -> tuple[Callable, int]:
+    """``(step, grads_per_step)`` of the integrator called ``name`` (one of
+    :data:`INTEGRATORS`)."""
     if name == "alba":
         return alba(
             potential_and_grad,

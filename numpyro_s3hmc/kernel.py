@@ -18,12 +18,13 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity, is_prng_key
 
+from numpyro_s3hmc import trajectory as trajectories
 from numpyro_s3hmc._types import Array, PRNGKey
 from numpyro_s3hmc.adaptation import MetricAdaptState, metric_adapter, restart_step_size
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
 from numpyro_s3hmc.metrics import (
     SemiSeparableMetric,
-    hamiltonian,
+    hamiltonian_and_velocity,
     param_diagonal,
     sample_momentum,
 )
@@ -38,17 +39,9 @@ from numpyro_s3hmc.partition import (
     split_z,
     standardise,
 )
+from numpyro_s3hmc.trajectory import TRAJECTORIES, TransitionInfo
 
 COORDINATES = ("centred", "noncentred", "auto")
-
-
-class TransitionInfo(NamedTuple):
-    accept_prob: Array  # shape=()
-    diverging: Array  # shape=(), dtype=bool
-    energy: Array  # shape=(), H of the returned state
-    num_steps: Array  # shape=(), dtype=int32, integrator steps taken
-    num_grad_evals: Array  # shape=(), dtype=int32, gradients of U
-    fixed_point_iters: Array  # shape=(), dtype=int32, most iterations of a solve
 
 
 def s3hmc_step(
@@ -59,52 +52,55 @@ def s3hmc_step(
     step_size: Array,
     num_steps: Array,
     max_delta_energy: float = 1000.0,
+    *,
+    grads_per_step: int = 1,
+    trajectory: str = "static",
+    max_tree_depth: int = 10,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One S3HMC transition from ``state`` (its momenta are ignored).
 
-    Draws r_θ ~ N(0, G_θ(η)) and r_η ~ N(0, G_η), runs ``num_steps`` steps of
-    ``step_fn`` (stopping early if a step fails), and accepts the end point with
-    probability min(1, exp(H₀ − H₁)). A failed step (non-finite energy, a fixed
-    point that does not converge, τ ≤ 0) or an energy error above
-    ``max_delta_energy`` is a divergence; a failed trajectory is rejected.
+    Draws r_θ ~ N(0, G_θ(η)) and r_η ~ N(0, G_η), and runs the trajectory scheme
+    of :mod:`numpyro_s3hmc.trajectory` on ``step_fn`` (``grads_per_step`` gradients
+    of U a step): ``"static"``, ``num_steps`` steps (stopping early if a step fails)
+    and a Metropolis-Hastings test of the end point; or ``"nuts"``, a multinomial
+    no-U-turn tree of at most 2^max_tree_depth steps with the Riemannian
+    criterion. A failed step (non-finite energy, a fixed point that does not
+    converge, τ ≤ 0) or an energy error above ``max_delta_energy`` is a divergence.
     """
-    key_momentum, key_accept = random.split(rng_key)
+    key_momentum, key_trajectory = random.split(rng_key)
     r_theta, r_eta = sample_momentum(metric, key_momentum, state.eta, state.theta.size)
     state = state._replace(r_theta=r_theta, r_eta=r_eta)
-    h0 = hamiltonian(metric, state.potential_energy, state.eta, r_theta, r_eta)
 
-    grads_per_step = []
+    def energy(s):
+        h, v_theta, v_eta = hamiltonian_and_velocity(
+            metric, s.potential_energy, s.eta, s.r_theta, s.r_eta
+        )
+        return h, jnp.concatenate([v_theta, v_eta])
 
-    def body(carry):
-        s, i, ok, iters = carry
-        s, info = step_fn(s, step_size)
-        grads_per_step.append(info.num_grad_evals)  # static, recorded at trace time
-        return s, i + 1, ok & info.ok, jnp.maximum(iters, info.fixed_point_iters)
-
-    def cond(carry):
-        _, i, ok, _ = carry
-        return (i < num_steps) & ok
-
-    init = (state, jnp.int32(0), jnp.bool_(True), jnp.int32(0))
-    proposal, steps, ok, iters = jax.lax.while_loop(cond, body, init)
-    h1 = hamiltonian(
-        metric, proposal.potential_energy, proposal.eta, proposal.r_theta, proposal.r_eta
-    )
-    delta = h1 - h0
-    ok = ok & jnp.isfinite(delta)
-    diverging = ~ok | (delta > max_delta_energy)
-    accept_prob = jnp.where(ok, jnp.clip(jnp.exp(-delta), 0.0, 1.0), 0.0)
-    accept = ok & (random.uniform(key_accept, dtype=h0.dtype) < accept_prob)
-    new_state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), proposal, state)
-    info = TransitionInfo(
-        accept_prob=accept_prob,
-        diverging=diverging,
-        energy=jnp.where(accept, h1, h0),
-        num_steps=steps,
-        num_grad_evals=steps * grads_per_step[0],
-        fixed_point_iters=iters,
-    )
-    return new_state, info
+    if trajectory == "static":
+        return trajectories.static(
+            key_trajectory,
+            state,
+            step_fn,
+            grads_per_step,
+            energy,
+            step_size,
+            num_steps,
+            max_delta_energy,
+        )
+    if trajectory == "nuts":
+        return trajectories.no_u_turn(
+            key_trajectory,
+            state,
+            step_fn,
+            grads_per_step,
+            energy,
+            step_size,
+            lambda s: jnp.concatenate([s.r_theta, s.r_eta]),
+            max_tree_depth,
+            max_delta_energy,
+        )
+    raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}.")
 
 
 def find_reasonable_step_size(
@@ -195,6 +191,14 @@ class S3HMC(MCMCKernel):
         starting from 2π.
     num_steps : a fixed number of steps instead (no jitter).
     max_num_steps : cap on the number of steps of one trajectory.
+    trajectory : ``"static"`` (default): the jittered length above, one
+        Metropolis-Hastings test of its end point; where the hyperparameters are
+        the slow variables its end points are near-antithetic in them.
+        ``"nuts"``: a multinomial no-U-turn tree over the same integrator with the
+        Riemannian criterion (:mod:`numpyro_s3hmc.trajectory`), of at most
+        2^max_tree_depth steps; ``trajectory_length`` and ``num_steps`` are then
+        unused. Measured in benchmarks/results.md.
+    max_tree_depth : the tree's cap when ``trajectory="nuts"``.
     param_metric : ``"prior*fisher"`` (default: the prior precision scaled to the
         posterior's mean curvature), ``"prior+fisher"``, ``"prior+variance"`` (a
         constant added to it) or ``"prior"`` (the paper's): how G_θ is adapted,
@@ -254,6 +258,8 @@ class S3HMC(MCMCKernel):
         trajectory_length: float | None = None,
         num_steps: int | None = None,
         max_num_steps: int = 512,
+        trajectory: str = "static",
+        max_tree_depth: int = 10,
         param_metric: str = "prior*fisher",
         coupled_metric: bool = True,
         ungoverned_mass: str = "fisher",
@@ -267,6 +273,10 @@ class S3HMC(MCMCKernel):
             raise ValueError("S3HMC needs a NumPyro model (a callable).")
         if integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}.")
+        if trajectory not in TRAJECTORIES:
+            raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}.")
+        if max_tree_depth < 1:
+            raise ValueError("max_tree_depth must be a positive integer.")
         if num_steps is not None and num_steps < 1:
             raise ValueError("num_steps must be a positive integer.")
         if trajectory_length is not None and trajectory_length <= 0:
@@ -281,6 +291,8 @@ class S3HMC(MCMCKernel):
         self._trajectory_length = 2 * np.pi if trajectory_length is None else trajectory_length
         self._num_steps = num_steps
         self._max_num_steps = int(max_num_steps)
+        self._trajectory = trajectory
+        self._max_tree_depth = int(max_tree_depth)
         self._param_metric = param_metric
         self._coupled_metric = bool(coupled_metric)
         self._ungoverned_mass = ungoverned_mass
@@ -583,7 +595,7 @@ class S3HMC(MCMCKernel):
         potential_and_grad, metric, unit_diagonal = self._hamiltonian_parts(
             model_args, model_kwargs, state.metric_state, theta.dtype
         )
-        step_fn = build_integrator(
+        step_fn, grads_per_step = build_integrator(
             self._integrator, potential_and_grad, metric, **self._integrator_kwargs
         )
         rng_key, key_steps, key_transition, key_search = random.split(state.rng_key, 4)
@@ -608,6 +620,9 @@ class S3HMC(MCMCKernel):
             metric,
             step_size,
             self._trajectory_steps(key_steps, step_size, state.metric_state.trajectory_length),
+            grads_per_step=grads_per_step,
+            trajectory=self._trajectory,
+            max_tree_depth=self._max_tree_depth,
         )
 
         def adapt(args):

@@ -217,3 +217,23 @@ def hamiltonian(
         + coupling_energy(metric, eta, r_theta)
         + hyper_kinetic_energy(metric, r_eta)
     )
+
+
+def hamiltonian_and_velocity(
+    metric: SemiSeparableMetric,
+    potential_energy: Array,
+    eta: Array,
+    r_theta: Array,
+    r_eta: Array,
+) -> tuple[Array, Array, Array]:
+    """H as :func:`hamiltonian`, and the velocity ∂H/∂r = (G_θ(η)⁻¹ r_θ, G_η⁻¹ r_η)
+    (a no-U-turn criterion's p♯), with G_θ(η) factorised once."""
+    logdet, solve = _factorise(metric, eta)
+    v_theta = solve(r_theta)
+    h = (
+        potential_energy
+        + 0.5 * logdet
+        + 0.5 * jnp.dot(r_theta, v_theta)
+        + hyper_kinetic_energy(metric, r_eta)
+    )
+    return h, v_theta, r_eta / metric.hyper_precision

@@ -142,7 +142,8 @@ def es_run(name, state, step_size, num_steps):
         return u, g_theta, g_eta
 
     kwargs = {"fixed_point_tol": 1e-14} if name == "implicit_alba" else {}
-    step = build_integrator(name, potential_and_grad, es_metric(), **kwargs)
+    step, _ = build_integrator(name, potential_and_grad, es_metric(), **kwargs)
+    step = jax.jit(step)  # one compile instead of dispatching every operation eagerly
     for _ in range(num_steps):
         state, info = step(state, step_size)
         assert bool(info.ok)
@@ -350,7 +351,6 @@ def data_dominated(y=np.array([3.0, -1.0, 0.5, 2.0, -2.5, 1.5])):
     "model, expected, chain_method",
     [
         (located_funnel, "noncentred", "sequential"),  # one decision for both chains
-        (located_funnel, "noncentred", "vectorized"),
         (data_dominated, "centred", "vectorized"),
     ],
 )

@@ -53,9 +53,10 @@ def funnel():
     numpyro.sample("x", dist.Normal(0.0, 1.0 / jnp.sqrt(tau)).expand([D]))
 
 
+@pytest.mark.parametrize("trajectory", ["static", "nuts"])
 @pytest.mark.parametrize("integrator", INTEGRATORS)
-def test_gamma_funnel(integrator):
-    s = sample(funnel, integrator)
+def test_gamma_funnel(integrator, trajectory):
+    s = sample(funnel, integrator, trajectory=trajectory)
     assert_mean(s["tau"], A / B, "E[tau]")
     assert_mean(np.log(s["tau"]), special.digamma(A) - np.log(B), "E[log tau]")
     assert_mean(s["x"][..., 0] ** 2, B / (A - 1), "E[x0^2]")
@@ -77,10 +78,12 @@ def normal_gamma_posterior():
     return exact_answers.normal_gamma_posterior(Y, A0, B0, M0, K0)
 
 
-@pytest.mark.parametrize("integrator", INTEGRATORS)
-def test_normal_gamma(integrator):
+@pytest.mark.parametrize(
+    "integrator, trajectory", [(i, "static") for i in INTEGRATORS] + [("splitting", "nuts")]
+)
+def test_normal_gamma(integrator, trajectory):
     mn, kn, an, bn = normal_gamma_posterior()
-    s = sample(normal_gamma, integrator, jnp.asarray(Y))
+    s = sample(normal_gamma, integrator, jnp.asarray(Y), trajectory=trajectory)
     assert_mean(s["tau"], an / bn, "E[tau]")
     assert_mean(np.log(s["tau"]), special.digamma(an) - np.log(bn), "E[log tau]")
     assert_mean(s["mu"], mn, "E[mu]")

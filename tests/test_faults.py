@@ -198,8 +198,8 @@ def replay_implicit_steps(kernel, last, first, z, fields, rows):
     potential_and_grad, metric, _ = kernel._hamiltonian_parts(
         (Y,), {}, last.metric_state, last.potential_energy.dtype
     )
-    implicit = jax.jit(build_integrator("implicit_alba", potential_and_grad, metric))
-    explicit = jax.jit(build_integrator("alba", potential_and_grad, metric))
+    implicit = jax.jit(build_integrator("implicit_alba", potential_and_grad, metric)[0])
+    explicit = jax.jit(build_integrator("alba", potential_and_grad, metric)[0])
     step_size = last.adapt_state.step_size  # fixed after warmup
 
     @jax.jit

@@ -2,7 +2,7 @@
 
 The machinery is ``benchmarks/sbc.py``; these tests run it at fixed seeds and
 apply a chi-square test of rank uniformity to every ranked quantity, at level
-0.001 split over the quantities of a (model, integrator) pair (Bonferroni). The
+0.001 split over the quantities of a (model, integrator, trajectory) run (Bonferroni). The
 same test rejects a deliberately wrong sampler, so it can fail.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from numpyro_s3hmc.integrators import INTEGRATORS
+from numpyro_s3hmc.trajectory import TRAJECTORIES
 
 ALPHA = 1e-3
 NUM_DRAWS = 99
@@ -28,13 +29,21 @@ def p_values(out):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("trajectory", TRAJECTORIES)
 @pytest.mark.parametrize("integrator", INTEGRATORS)
 @pytest.mark.parametrize(
     "model, replicas",
     [("normal_gamma", 400), ("hierarchical", 400), ("scale_location", 400), ("bnn", 200)],
 )
-def test_sbc_ranks_uniform(model, replicas, integrator):
-    out = sbc.run_sbc(model, integrator, num_replicas=replicas, num_draws=NUM_DRAWS, seed=1)
+def test_sbc_ranks_uniform(model, replicas, integrator, trajectory):
+    out = sbc.run_sbc(
+        model,
+        integrator,
+        num_replicas=replicas,
+        num_draws=NUM_DRAWS,
+        seed=1,
+        trajectory=trajectory,
+    )
     p = p_values(out)
     assert min(p.values()) > ALPHA / len(p), p
 

@@ -1,0 +1,217 @@
+"""Trajectory schemes: S3HMC's static length against its no-U-turn tree, beside NUTS.
+
+Models (written centred, as a user writes them):
+
+- **BNN sine, data 0 / data 1**: the paper's [1, 50, 1] tanh network on two draws of
+  its sine data (``models.sine(seed=0)``, ``seed=1``), a Gamma precision per layer's
+  weights and biases and for the noise; scored on the five log precisions (the
+  weights are not identified: sign and permutation symmetries);
+- **funnel 50-D**: τ ~ Gamma(2, 1), x ~ N(0, 1/√τ)⁵⁰, prior only; scored on every latent;
+- **eight schools**: as in ``hierarchical.py``; scored on every latent;
+- **latent GP**: the Poisson latent GP of ``ungoverned.py`` (LogNormal length scale,
+  HalfNormal amplitude, 30 latent values with a MultivariateNormal prior), where the
+  static length traps chains; non-centred: f = 1 + L z, z ~ N(0, I), L the kernel's
+  Cholesky factor; scored on every latent.
+
+Samplers, same key and budget: S3HMC with ``trajectory="static"`` (the default) and
+``trajectory="nuts"``; NumPyro NUTS on the centred model and on the non-centred one
+(the hand-written non-centred network, or ``LocScaleReparam(0)``). Scores: the smallest
+bulk ESS over the scored quantities per 1,000 sampling-phase gradients, the worst
+split R-hat, divergences, and gradients per draw in warmup and in sampling, counted
+separately; medians over the MCMC seeds.
+
+    python benchmarks/trajectories.py [--quick] [--seeds 0 1 2] [--models ...] [--write]
+
+``--write`` puts the table in ``benchmarks/results.md``. 4 chains × 1000 + 1000.
+"""
+
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import jax
+
+import numpyro
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import hierarchical  # noqa: E402
+import models as suite  # noqa: E402
+
+START, END = "<!-- trajectories:start -->", "<!-- trajectories:end -->"
+SAMPLERS = ("S3HMC static", "S3HMC nuts", "NUTS centred", "NUTS non-centred")
+MODELS = ("BNN sine, data 0", "BNN sine, data 1", "funnel 50-D", "eight schools", "latent GP")
+BNN_PRECISIONS = tuple(f"tau_{k}" for k in suite.LAYERS) + ("tau_y",)
+
+
+def latent_gp(centred=True, n=30, seed=0):
+    """``ungoverned.latent_gp``'s model and data, centred or whitened."""
+    import jax.numpy as jnp
+
+    import numpyro.distributions as dist
+
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 10.0, n)
+    y = rng.poisson(np.exp(1.0 + np.sin(x)))
+
+    def model():
+        length = numpyro.sample("length", dist.LogNormal(0.0, 1.0))
+        amp = numpyro.sample("amp", dist.HalfNormal(1.0))
+        k = amp**2 * jnp.exp(-0.5 * (x[:, None] - x[None]) ** 2 / length**2)
+        k = k + 1e-3 * jnp.eye(n)
+        if centred:
+            f = numpyro.sample("f", dist.MultivariateNormal(1.0, k))
+        else:
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([n]).to_event(1))
+            f = numpyro.deterministic("f", 1.0 + jnp.linalg.cholesky(k) @ z)
+        numpyro.sample("y", dist.Poisson(jnp.exp(f)), obs=y)
+
+    return model
+
+
+def problem(name):
+    """(centred model, non-centred model, model args, scored sites, positive sites)."""
+    from numpyro.infer.reparam import LocScaleReparam
+
+    if name.startswith("BNN sine"):
+        args = suite.sine(seed=int(name[-1]))
+        return (
+            lambda x, y: suite.bnn(x, y, centred=True),
+            lambda x, y: suite.bnn(x, y, centred=False),
+            args,
+            BNN_PRECISIONS,
+            BNN_PRECISIONS,
+        )
+    if name == "funnel 50-D":
+        return (
+            lambda: suite.funnel(50, centred=True),
+            lambda: suite.funnel(50, centred=False),
+            (),
+            ("tau", "x"),
+            ("tau",),
+        )
+    if name == "latent GP":
+        return latent_gp(True), latent_gp(False), (), ("length", "amp", "f"), ("length", "amp")
+    model = hierarchical.eight_schools
+    noncentred = numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)})
+    return model, noncentred, (), ("mu", "tau", "theta"), ("tau",)
+
+
+def kernel(sampler, centred, noncentred):
+    from numpyro.infer import NUTS
+
+    from numpyro_s3hmc import S3HMC
+
+    if sampler.startswith("S3HMC"):
+        return S3HMC(centred, trajectory=sampler.split()[1])
+    return NUTS(centred if sampler == "NUTS centred" else noncentred)
+
+
+def run_cell(name, seed, num_chains, num_warmup, num_samples):
+    """Every sampler on one model and MCMC seed: {sampler: scores}."""
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+    from numpyro.infer import MCMC
+
+    centred, noncentred, args, scored, positive = problem(name)
+    out = {}
+    for sampler in SAMPLERS:
+        k = kernel(sampler, centred, noncentred)
+        grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
+        fields = (grad_field, "diverging")
+        mcmc = MCMC(
+            k,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            chain_method="sequential",
+            progress_bar=False,
+        )
+        key = jax.random.PRNGKey(seed)
+        t0 = time.perf_counter()
+        mcmc.warmup(key, *args, collect_warmup=True, extra_fields=fields)
+        warm = mcmc.get_extra_fields(group_by_chain=True)
+        mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=fields)
+        seconds = time.perf_counter() - t0
+        draws = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        ess, rhat = [], []
+        for site in scored:
+            v = np.asarray(draws[site], np.float64)
+            v = np.log(v) if site in positive else v
+            v = v.reshape(v.shape[0], v.shape[1], -1)
+            ess.append(effective_sample_size(v).min())
+            rhat.append(np.nanmax(split_gelman_rubin(v)))
+        grads = float(np.sum(extra[grad_field]))
+        draws_total = num_chains * num_samples
+        out[sampler] = {
+            "ess_per_1k": float(1000 * min(ess) / grads),
+            "rhat": float(max(rhat)),
+            "divergences": int(np.sum(extra["diverging"])),
+            "grads_per_draw": grads / draws_total,
+            "warmup_grads_per_draw": float(np.sum(warm[grad_field])) / (num_chains * num_warmup),
+            "seconds": seconds,
+        }
+    return out
+
+
+def markdown(cells, models, seeds, command) -> str:
+    lines = [
+        f"Median over MCMC seeds {', '.join(map(str, seeds))} of the smallest bulk ESS per"
+        " 1,000 sampling-phase gradients (BNNs: over the five log precisions; otherwise over"
+        " every latent element); the worst split R-hat and the total divergences over the"
+        " seeds; median gradients per draw in warmup / in sampling.",
+        "",
+        "| model | " + " | ".join(SAMPLERS) + " | nuts / static | nuts / better NUTS |",
+        "|---|" + "---|" * (len(SAMPLERS) + 2),
+    ]
+    for name in models:
+        med = hierarchical.medians(cells, name, samplers=SAMPLERS)
+        cols = []
+        for sampler in SAMPLERS:
+            rows = cells[(name, sampler)]
+            rhat = max(r["rhat"] for r in rows)
+            div = sum(r["divergences"] for r in rows)
+            warm = statistics.median(r["warmup_grads_per_draw"] for r in rows)
+            samp = statistics.median(r["grads_per_draw"] for r in rows)
+            cols.append(
+                f"{med[sampler]:.3g}; R-hat {rhat:.3f}, {div} div; {warm:.0f} / {samp:.0f} grads"
+            )
+        best = max(med["NUTS centred"], med["NUTS non-centred"])
+        nuts = med["S3HMC nuts"]
+        cols += [f"{nuts / med['S3HMC static']:.2f}×", f"{nuts / best:.2f}×"]
+        lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    lines += ["", "Command:", "", f"    {command}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--cell"]:  # one (model, seed), in a child process
+        name, seed, chains, warmup, samples = argv[1:]
+        print(json.dumps(run_cell(name, int(seed), int(chains), int(warmup), int(samples))))
+        return 0
+    args = hierarchical.parse_suite_args(argv, __doc__, MODELS, "update benchmarks/results.md")
+    cells = hierarchical.run(
+        args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples, __file__
+    )
+    command = shlex.join(["python", "benchmarks/trajectories.py", *argv])
+    text = markdown(cells, args.models, args.seeds, command)
+    print(text)
+    (HERE / "trajectories.json").write_text(
+        json.dumps({f"{m} | {s}": rows for (m, s), rows in cells.items()}, indent=1)
+    )
+    if args.write and not args.quick:
+        from families import write_results
+
+        write_results(text, start=START, end=END, title="Trajectories: static length or tree")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The trajectory schemes on their own, over a plain leapfrog on known targets."""
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from exact_answers import assert_mean
+
+import jax
+import jax.numpy as jnp
+
+from numpyro_s3hmc import trajectory
+from numpyro_s3hmc.integrators import StepInfo
+
+COV = jnp.array([[1.0, 0.9], [0.9, 1.0]])
+PREC = jnp.linalg.inv(COV)
+MASS = jnp.array([2.0, 0.5])  # a diagonal mass matrix, so p♯ = p / m is not p
+
+
+class State(NamedTuple):
+    x: jnp.ndarray
+    p: jnp.ndarray
+    grad: jnp.ndarray
+
+
+def potential(x):
+    return 0.5 * x @ PREC @ x
+
+
+def leapfrog(s, eps):
+    p = s.p - 0.5 * eps * s.grad
+    x = s.x + eps * p / MASS
+    grad = jax.grad(potential)(x)
+    p = p - 0.5 * eps * grad
+    return State(x, p, grad), StepInfo(jnp.all(jnp.isfinite(x)), jnp.int32(0))
+
+
+def energy(s):
+    return potential(s.x) + 0.5 * jnp.sum(s.p**2 / MASS), s.p / MASS
+
+
+def chain(step_size, num_draws, seed, max_tree_depth=10, step=leapfrog):
+    def transition(x, key):
+        key_p, key_t = jax.random.split(key)
+        p = jnp.sqrt(MASS) * jax.random.normal(key_p, (2,))
+        s = State(x, p, jax.grad(potential)(x))
+        new, info = trajectory.no_u_turn(
+            key_t, s, step, 1, energy, step_size, lambda s: s.p, max_tree_depth
+        )
+        return new.x, (new.x, info)
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_draws)
+    return jax.jit(lambda: jax.lax.scan(transition, jnp.zeros(2), keys))()[1]
+
+
+def test_no_u_turn_is_exact_on_a_correlated_gaussian():
+    # two step sizes: a fine one (deep trees) and a coarse one (many rejections)
+    for step_size, seed in [(0.1, 0), (0.4, 1)]:
+        x, info = chain(step_size, 20_000, seed)
+        x = np.asarray(x).T[:, None, :]  # (coordinate, chain, draw)
+        assert_mean(x[0], 0.0, f"E[x0] at {step_size}", min_ess=2000)
+        assert_mean(x[1], 0.0, f"E[x1] at {step_size}", min_ess=2000)
+        assert_mean(x[0] ** 2, 1.0, f"E[x0^2] at {step_size}", min_ess=2000)
+        assert_mean(x[0] * x[1], 0.9, f"E[x0 x1] at {step_size}", min_ess=2000)
+        assert not bool(info.diverging.any())
+
+
+def test_no_u_turn_stops_at_the_u_turn_and_counts_its_steps():
+    _, info = chain(0.1, 500, 2)
+    steps = np.asarray(info.num_steps)
+    np.testing.assert_array_equal(np.asarray(info.num_grad_evals), steps)
+    # the fast direction (period 2π/sqrt(λ_max(M⁻¹Σ⁻¹)) ≈ 1.2) turns first: trees of
+    # ~20 steps of 0.1 (measured 21.7 on average), far from the cap of 2^10 − 1
+    assert np.median(steps) < 100
+    assert steps.max() < 1023
+    _, capped = chain(0.1, 200, 3, max_tree_depth=3)
+    assert int(np.max(capped.num_steps)) == 7  # 1 + 2 + 4 leaves when nothing turns
+
+
+def test_a_failed_step_is_a_divergence_and_never_the_draw():
+    def failing(s, eps):
+        new, info = leapfrog(s, eps)
+        bad = jnp.abs(new.x[0]) > 1.5  # the step "fails" beyond |x0| = 1.5
+        return new, StepInfo(info.ok & ~bad, info.fixed_point_iters)
+
+    x, info = chain(0.1, 2000, 4, step=failing)
+    assert bool(info.diverging.any())
+    assert float(np.abs(np.asarray(x)[:, 0]).max()) <= 1.5
+
+
+def test_static_counts_gradients_and_rejects_a_failed_trajectory():
+    s = State(jnp.zeros(2), jnp.array([3.0, 0.0]), jnp.zeros(2))
+
+    def failing(s, eps):
+        new, info = leapfrog(s, eps)
+        return new, StepInfo(info.ok & (jnp.abs(new.x[0]) < 0.5), info.fixed_point_iters)
+
+    new, info = trajectory.static(jax.random.PRNGKey(0), s, leapfrog, 3, energy, 0.1, 10)
+    assert int(info.num_steps) == 10 and int(info.num_grad_evals) == 30
+    new, info = trajectory.static(jax.random.PRNGKey(0), s, failing, 3, energy, 0.1, 10)
+    assert bool(info.diverging) and float(info.accept_prob) == 0.0
+    assert int(info.num_steps) < 10  # stopped at the failed step
+    np.testing.assert_array_equal(np.asarray(new.x), np.zeros(2))
+
+
+def test_kernel_rejects_an_unknown_trajectory():
+    from numpyro_s3hmc import S3HMC
+
+    with pytest.raises(ValueError, match="trajectory must be one of"):
+        S3HMC(lambda: None, trajectory="tree")
