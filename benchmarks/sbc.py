@@ -25,9 +25,9 @@ A deliberately wrong sampler (the ½ log|G_θ(η)| term dropped from the
 Metropolis-Hastings energy, the kind of slip the paper's eq. 5 makes) is run
 too, to show the test can fail.
 
-    python benchmarks/sbc.py                      # everything: sbc.md, sbc.png
+    python benchmarks/sbc.py                      # static trajectories: sbc.md, sbc.png
     python benchmarks/sbc.py --models normal_gamma --integrators splitting
-    python benchmarks/sbc.py --trajectories nuts --no-wrong
+    python benchmarks/sbc.py --trajectories nuts --no-wrong --name sbc_nuts
 """
 
 import argparse
@@ -296,7 +296,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--integrators", nargs="+", default=list(INTEGRATORS))
-    parser.add_argument("--trajectories", nargs="+", default=list(TRAJECTORIES))
+    parser.add_argument("--trajectories", nargs="+", default=["static"], choices=TRAJECTORIES)
     parser.add_argument("--num-replicas", type=int, default=400)
     parser.add_argument("--bnn-replicas", type=int, default=200)
     parser.add_argument("--num-draws", type=int, default=99)
@@ -311,6 +311,9 @@ def main(argv=None):
     )
     parser.add_argument("--output-dir", type=Path, default=HERE)
     parser.add_argument("--json", type=Path, default=None, help="also write the ranks here")
+    parser.add_argument(
+        "--name", default="sbc", help="stem of the report and figure (sbc.md, sbc.png)"
+    )
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     version = _kernel_version()  # before the package can change under a long run
@@ -377,7 +380,7 @@ def main(argv=None):
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
-    plot(results, args, args.output_dir / "sbc.png")
+    plot(results, args, args.output_dir / f"{args.name}.png")
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join(["python benchmarks/sbc.py", *argv])
     write_markdown(results, args, command, time.perf_counter() - t_start, version)
@@ -424,7 +427,7 @@ def write_markdown(results, args, command, total_seconds, version):
         " L thinned draws divided by L: near 1, the draws are near-independent,"
         " as the rank statistic assumes.",
         "",
-        "![rank histograms](sbc.png)",
+        f"![rank histograms]({args.name}.png)",
         "",
         "| model | integrator | replicas | min p | verdict | divergences (replicas) |"
         " mean accept | seconds |",
@@ -450,7 +453,7 @@ def write_markdown(results, args, command, total_seconds, version):
             )
         lines.append("")
     lines += NOTES
-    (args.output_dir / "sbc.md").write_text("\n".join(lines) + "\n")
+    (args.output_dir / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 NOTES = [

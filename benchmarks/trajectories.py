@@ -21,8 +21,12 @@ split R-hat, divergences, and gradients per draw in warmup and in sampling, coun
 separately; medians over the MCMC seeds.
 
     python benchmarks/trajectories.py [--quick] [--seeds 0 1 2] [--models ...] [--write]
+    python benchmarks/trajectories.py --report   # table and figure from trajectories.json
 
-``--write`` puts the table in ``benchmarks/results.md``. 4 chains × 1000 + 1000.
+``--write`` puts the table in ``benchmarks/results.md`` and the figure in
+``docs/trajectories.png``; the JSON of every run is merged into
+``benchmarks/trajectories.json``, so the suite can run in parts (``--models``).
+4 chains × 1000 + 1000, about 35 minutes on 2 cores.
 """
 
 import json
@@ -167,7 +171,7 @@ def markdown(cells, models, seeds, command) -> str:
         " every latent element); the worst split R-hat and the total divergences over the"
         " seeds; median gradients per draw in warmup / in sampling.",
         "",
-        "| model | " + " | ".join(SAMPLERS) + " | nuts / static | nuts / better NUTS |",
+        "| model | " + " | ".join(SAMPLERS) + " | static / better NUTS | nuts / better NUTS |",
         "|---|" + "---|" * (len(SAMPLERS) + 2),
     ]
     for name in models:
@@ -184,32 +188,71 @@ def markdown(cells, models, seeds, command) -> str:
             )
         best = max(med["NUTS centred"], med["NUTS non-centred"])
         nuts = med["S3HMC nuts"]
-        cols += [f"{nuts / med['S3HMC static']:.2f}×", f"{nuts / best:.2f}×"]
+        cols += [f"{med['S3HMC static'] / best:.2f}×", f"{nuts / best:.2f}×"]
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
     lines += ["", "Command:", "", f"    {command}"]
     return "\n".join(lines)
 
 
+def figure(cells, models, path):
+    """Median min ESS per 1,000 gradients, one group of bars per model (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(SAMPLERS)
+    for j, sampler in enumerate(SAMPLERS):
+        med = [hierarchical.medians(cells, m, samplers=SAMPLERS)[sampler] for m in models]
+        ax.bar(np.arange(len(models)) + (j - 1.5) * width, med, width, label=sampler)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(models)), models, fontsize=8)
+    ax.set_ylabel("min ESS per 1,000 gradients")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Median over 3 MCMC seeds, 4 chains × 1000 + 1000", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(cells, seeds, command, write):
+    """Print the table of every model in ``cells``; with ``write``, into results.md and
+    the figure into docs/."""
+    models = [m for m in MODELS if (m, SAMPLERS[0]) in cells]
+    text = markdown(cells, models, seeds, command)
+    print(text)
+    if write:
+        from families import write_results
+
+        write_results(text, start=START, end=END, title="Trajectories: static length or tree")
+        figure(cells, models, HERE.parent / "docs" / "trajectories.png")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    path = HERE / "trajectories.json"
     if argv[:1] == ["--cell"]:  # one (model, seed), in a child process
         name, seed, chains, warmup, samples = argv[1:]
         print(json.dumps(run_cell(name, int(seed), int(chains), int(warmup), int(samples))))
+        return 0
+    if argv[:1] == ["--report"]:  # the table and figure of the runs saved so far
+        saved = json.loads(path.read_text())
+        cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
+        seeds = range(len(next(iter(cells.values()))))
+        report(cells, seeds, "python benchmarks/trajectories.py --write", write=True)
         return 0
     args = hierarchical.parse_suite_args(argv, __doc__, MODELS, "update benchmarks/results.md")
     cells = hierarchical.run(
         args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples, __file__
     )
     command = shlex.join(["python", "benchmarks/trajectories.py", *argv])
-    text = markdown(cells, args.models, args.seeds, command)
-    print(text)
-    (HERE / "trajectories.json").write_text(
-        json.dumps({f"{m} | {s}": rows for (m, s), rows in cells.items()}, indent=1)
-    )
-    if args.write and not args.quick:
-        from families import write_results
-
-        write_results(text, start=START, end=END, title="Trajectories: static length or tree")
+    # merged with earlier runs of other models, so the suite can run in parts
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved.update({f"{m} | {s}": rows for (m, s), rows in cells.items()})
+    path.write_text(json.dumps(saved, indent=1))
+    cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
+    report(cells, args.seeds, command, write=args.write and not args.quick)
     return 0
 
 

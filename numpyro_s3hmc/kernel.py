@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import random
 
-from numpyro.infer.hmc_util import HMCAdaptState
+from numpyro.infer.hmc_util import HMCAdaptState, build_adaptation_schedule
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
@@ -431,10 +431,16 @@ class S3HMC(MCMCKernel):
             parents=parents,
             ungoverned_mass=self._ungoverned_mass,
         )
+        # the opening warmup window (NumPyro's initial buffer) runs the no-U-turn tree
+        # under trajectory="static" too: from a start in a stiff tail far above the
+        # bulk, a fixed-length trajectory's end point is rejected again and again while
+        # the step size collapses, where a tree moves to its best leaves
+        schedule = build_adaptation_schedule(num_warmup) if num_warmup > 0 else []
+        self._tree_until = int(schedule[0][1]) + 1 if schedule else 0
         init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
         self._sample_fn = self._sample_chain
         if vectorized:
-            self._sample_fn = jax.vmap(self._sample_chain, in_axes=(0, None, None))
+            self._sample_fn = self._sample_vectorized
             return jax.vmap(init_fn)(init_params, rng_key)
         return init_fn(init_params, rng_key)
 
@@ -613,7 +619,8 @@ class S3HMC(MCMCKernel):
                 adapt_state,
             )
         step_size = adapt_state.step_size
-        new, info = s3hmc_step(
+        transition = partial(
+            s3hmc_step,
             key_transition,
             start,
             step_fn,
@@ -621,9 +628,16 @@ class S3HMC(MCMCKernel):
             step_size,
             self._trajectory_steps(key_steps, step_size, state.metric_state.trajectory_length),
             grads_per_step=grads_per_step,
-            trajectory=self._trajectory,
             max_tree_depth=self._max_tree_depth,
         )
+        if self._trajectory == "static" and self._tree_until > 0 and self._num_steps is None:
+            new, info = jax.lax.cond(
+                state.i < self._tree_until,
+                partial(transition, trajectory="nuts"),
+                partial(transition, trajectory="static"),
+            )
+        else:
+            new, info = transition(trajectory=self._trajectory)
 
         def adapt(args):
             wa_state, metric_state = args
@@ -662,6 +676,17 @@ class S3HMC(MCMCKernel):
             metric_state=metric_state,
             rng_key=rng_key,
         )
+
+    def _sample_vectorized(self, state, model_args, model_kwargs):
+        """The chains of a vectorized run, in lockstep: their iteration counter is one
+        unbatched number, so the warmup/sampling branches stay real branches under
+        ``vmap`` instead of both being computed."""
+        i = state.i[0]
+
+        def one(s):
+            return self._sample_chain(s._replace(i=i), model_args, model_kwargs)
+
+        return jax.vmap(one)(state)
 
     def sample(self, state, model_args, model_kwargs):
         assert self._sample_fn is not None, "`init` must be called before `sample`."

@@ -202,18 +202,17 @@ def assert_all_floats(tree, dtype, what):
 
 
 @pytest.mark.parametrize(
-    "model, integrator",
-    [(regression, "implicit_alba"), (gaussian_no_hyper, "splitting")],
-    ids=["regression-implicit_alba", "no-hyperparameters-splitting"],
+    "model, integrator, trajectory",
+    [(regression, "implicit_alba", "static"), (gaussian_no_hyper, "splitting", "nuts")],
+    ids=["regression-implicit_alba", "no-hyperparameters-splitting-nuts"],
 )
-def test_float64_everywhere(model, integrator):
+def test_float64_everywhere(model, integrator, trajectory):
     # x64 is process-global in JAX; the context manager scopes it to this test.
     # The no-hyperparameter model once failed here: its empty η block was float32.
     with jax.enable_x64(True):
         args = (X.astype(jnp.float64), Y.astype(jnp.float64)) if model is regression else ()
-        mcmc = MCMC(
-            S3HMC(model, integrator=integrator), num_warmup=50, num_samples=20, progress_bar=False
-        )
+        kernel = S3HMC(model, integrator=integrator, trajectory=trajectory)
+        mcmc = MCMC(kernel, num_warmup=50, num_samples=20, progress_bar=False)
         mcmc.run(jax.random.PRNGKey(0), *args, extra_fields=("fixed_point_iters",))
         assert_all_floats(mcmc.last_state, jnp.float64, "last_state")
         assert_all_floats(mcmc.get_samples(), jnp.float64, "samples")
