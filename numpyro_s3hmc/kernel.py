@@ -197,7 +197,12 @@ class S3HMC(MCMCKernel):
         ``"nuts"``: a multinomial no-U-turn tree over the same integrator with the
         Riemannian criterion (:mod:`numpyro_s3hmc.trajectory`), of at most
         2^max_tree_depth steps; ``trajectory_length`` and ``num_steps`` are then
-        unused. Measured in benchmarks/results.md.
+        unused. The static length is 3-6× the tree on funnels, eight schools and a
+        latent GP and tied with it on a BNN (benchmarks/results.md). Either way the
+        opening warmup window (NumPyro's initial buffer) runs the tree, unless
+        ``num_steps`` is given: it moves a chain that starts far above the bulk,
+        where a fixed length's end point is rejected while the step size collapses
+        (docs/design.md §6).
     max_tree_depth : the tree's cap when ``trajectory="nuts"``.
     param_metric : ``"prior*fisher"`` (default: the prior precision scaled to the
         posterior's mean curvature), ``"prior+fisher"``, ``"prior+variance"`` (a
