@@ -77,7 +77,7 @@ def s3hmc_step(
         )
         return h, jnp.concatenate([v_theta, v_eta])
 
-    if trajectory == "static":
+    if trajectory in ("static", "multinomial"):  # the latter: warmup's opening window
         return trajectories.static(
             key_trajectory,
             state,
@@ -87,6 +87,7 @@ def s3hmc_step(
             step_size,
             num_steps,
             max_delta_energy,
+            multinomial=trajectory == "multinomial",
         )
     if trajectory == "nuts":
         return trajectories.no_u_turn(
@@ -198,11 +199,11 @@ class S3HMC(MCMCKernel):
         Riemannian criterion (:mod:`numpyro_s3hmc.trajectory`), of at most
         2^max_tree_depth steps; ``trajectory_length`` and ``num_steps`` are then
         unused. The static length is 3-6× the tree on funnels, eight schools and a
-        latent GP and tied with it on a BNN (benchmarks/results.md). Either way the
-        opening warmup window (NumPyro's initial buffer) runs the tree, unless
-        ``num_steps`` is given: it moves a chain that starts far above the bulk,
-        where a fixed length's end point is rejected while the step size collapses
-        (docs/design.md §6).
+        latent GP and tied with it on a BNN (benchmarks/results.md). In the opening
+        warmup window (NumPyro's initial buffer) the static length draws its state
+        along the trajectory in proportion to exp(−H), unless ``num_steps`` is
+        given: it moves a chain that starts far above the bulk, where the end point
+        is rejected while the step size collapses (docs/design.md §6).
     max_tree_depth : the tree's cap when ``trajectory="nuts"``.
     param_metric : ``"prior*fisher"`` (default: the prior precision scaled to the
         posterior's mean curvature), ``"prior+fisher"``, ``"prior+variance"`` (a
@@ -436,10 +437,11 @@ class S3HMC(MCMCKernel):
             parents=parents,
             ungoverned_mass=self._ungoverned_mass,
         )
-        # the opening warmup window (NumPyro's initial buffer) runs the no-U-turn tree
-        # under trajectory="static" too: from a start in a stiff tail far above the
-        # bulk, a fixed-length trajectory's end point is rejected again and again while
-        # the step size collapses, where a tree moves to its best leaves
+        # in the opening warmup window (NumPyro's initial buffer) trajectory="static"
+        # draws its state along the trajectory in proportion to exp(-H) instead of
+        # testing the end point: from a start in a stiff tail far above the bulk the
+        # end point is rejected again and again while the step size collapses
+        # (docs/design.md §6); warmup need not be reversible
         schedule = build_adaptation_schedule(num_warmup) if num_warmup > 0 else []
         self._tree_until = int(schedule[0][1]) + 1 if schedule else 0
         init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
@@ -638,7 +640,7 @@ class S3HMC(MCMCKernel):
         if self._trajectory == "static" and self._tree_until > 0 and self._num_steps is None:
             new, info = jax.lax.cond(
                 state.i < self._tree_until,
-                partial(transition, trajectory="nuts"),
+                partial(transition, trajectory="multinomial"),
                 partial(transition, trajectory="static"),
             )
         else:

@@ -63,23 +63,64 @@ def static(
     step_size: Array,
     num_steps: Array,
     max_delta_energy: float = 1000.0,
+    multinomial: bool = False,
 ):
     """``num_steps`` steps from ``state``, then accept the end point with
-    probability min(1, exp(H₀ − H₁)); a failed trajectory is rejected."""
+    probability min(1, exp(H₀ − H₁)); a failed trajectory is rejected.
+
+    ``multinomial=True``, for the opening warmup window only (it is not reversible,
+    since the start is always the trajectory's first state): return a state of the
+    trajectory drawn in proportion to exp(H₀ − H), the start included, stopping at a
+    failed step. From far above the bulk it moves to the trajectory's best states
+    where the end point alone would be rejected. ``accept_prob`` is then the mean of
+    min(1, exp(H₀ − H)) over the steps, as a tree's is.
+    """
     h0, _ = energy_fn(state)
+    key_take = random.fold_in(rng_key, 1)
 
     def body(carry):
-        s, i, ok, iters = carry
+        s, i, ok, iters, prop, prop_h, log_w, acc, key = carry
         s, info = step_fn(s, step_size)
-        return s, i + 1, ok & info.ok, jnp.maximum(iters, info.fixed_point_iters)
+        ok = ok & info.ok
+        if multinomial:
+            h, _ = energy_fn(s)
+            delta = jnp.where(ok & jnp.isfinite(h), h - h0, jnp.inf)
+            new_log_w = jnp.logaddexp(log_w, -delta)
+            key, sub = random.split(key)
+            take = random.uniform(sub, dtype=h0.dtype) < jnp.exp(-delta - new_log_w)
+            prop, prop_h, log_w = _select(take, s, prop), jnp.where(take, h, prop_h), new_log_w
+            acc = acc + jnp.clip(jnp.exp(-delta), 0.0, 1.0)
+            ok = ok & (delta <= max_delta_energy)
+        return (
+            s,
+            i + 1,
+            ok,
+            jnp.maximum(iters, info.fixed_point_iters),
+            prop,
+            prop_h,
+            log_w,
+            acc,
+            key,
+        )
 
     def cond(carry):
-        _, i, ok, _ = carry
+        _, i, ok = carry[:3]
         return (i < num_steps) & ok
 
-    init = (state, jnp.int32(0), jnp.bool_(True), jnp.int32(0))
-    proposal, steps, ok, iters = jax.lax.while_loop(cond, body, init)
-    h1, _ = energy_fn(proposal)
+    zero = jnp.zeros((), h0.dtype)
+    init = (state, jnp.int32(0), jnp.bool_(True), jnp.int32(0), state, h0, zero, zero, key_take)
+    end, steps, ok, iters, prop, prop_h, _, acc, _ = jax.lax.while_loop(cond, body, init)
+    if multinomial:
+        info = TransitionInfo(
+            accept_prob=acc / jnp.maximum(steps, 1),
+            diverging=~ok,
+            energy=prop_h,
+            num_steps=steps,
+            num_grad_evals=steps * grads_per_step,
+            fixed_point_iters=iters,
+        )
+        return prop, info
+    h1, _ = energy_fn(end)
     delta = h1 - h0
     ok = ok & jnp.isfinite(delta)
     diverging = ~ok | (delta > max_delta_energy)
@@ -93,7 +134,7 @@ def static(
         num_grad_evals=steps * grads_per_step,
         fixed_point_iters=iters,
     )
-    return _select(accept, proposal, state), info
+    return _select(accept, end, state), info
 
 
 class _Tree(NamedTuple):

@@ -108,3 +108,24 @@ def test_kernel_rejects_an_unknown_trajectory():
 
     with pytest.raises(ValueError, match="trajectory must be one of"):
         S3HMC(lambda: None, trajectory="tree")
+
+
+def test_multinomial_static_draws_along_the_trajectory_by_energy():
+    # the warmup-only variant: a state of the trajectory in proportion to exp(H0 - H)
+    s = State(
+        jnp.array([3.0, -3.0]), jnp.array([1.0, 0.5]), jax.grad(potential)(jnp.array([3.0, -3.0]))
+    )
+    h0 = float(energy(s)[0])
+    key = jax.random.PRNGKey(0)
+    # a stable step: every state weighs about the same, so the draw moves the chain
+    moved, info = trajectory.static(key, s, leapfrog, 1, energy, 0.05, 40, multinomial=True)
+    assert not np.array_equal(np.asarray(moved.x), np.asarray(s.x))
+    assert abs(float(energy(moved)[0]) - h0) < 1.0 and float(info.accept_prob) > 0.5
+    # past the stability limit (≈ 0.45) the energy explodes: the end point is rejected,
+    # and the multinomial draw never takes a blown-up state
+    end, info = trajectory.static(key, s, leapfrog, 1, energy, 0.6, 40)
+    assert float(info.accept_prob) < 1e-6
+    np.testing.assert_array_equal(np.asarray(end.x), np.asarray(s.x))
+    drawn, info = trajectory.static(key, s, leapfrog, 1, energy, 0.6, 40, multinomial=True)
+    assert float(energy(drawn)[0]) < h0 + 5.0
+    assert bool(info.diverging) and int(info.num_steps) < 40
