@@ -64,8 +64,10 @@ def s3hmc_step(
     of U a step): ``"static"``, ``num_steps`` steps (stopping early if a step fails)
     and a Metropolis-Hastings test of the end point; or ``"nuts"``, a multinomial
     no-U-turn tree of at most 2^max_tree_depth steps with the Riemannian
-    criterion. A failed step (non-finite energy, a fixed point that does not
-    converge, τ ≤ 0) or an energy error above ``max_delta_energy`` is a divergence.
+    criterion; ``"multinomial"`` is warmup's opening window (a state of the static
+    trajectory drawn in proportion to exp(−H), not reversible). A failed step
+    (non-finite energy, a fixed point that does not converge, τ ≤ 0) or an energy
+    error above ``max_delta_energy`` is a divergence.
     """
     key_momentum, key_trajectory = random.split(rng_key)
     r_theta, r_eta = sample_momentum(metric, key_momentum, state.eta, state.theta.size)
