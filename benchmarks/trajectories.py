@@ -54,31 +54,6 @@ MODELS = ("BNN sine, data 0", "BNN sine, data 1", "funnel 50-D", "eight schools"
 BNN_PRECISIONS = tuple(f"tau_{k}" for k in suite.LAYERS) + ("tau_y",)
 
 
-def latent_gp(centred=True, n=30, seed=0):
-    """``ungoverned.latent_gp``'s model and data, centred or whitened."""
-    import jax.numpy as jnp
-
-    import numpyro.distributions as dist
-
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0.0, 10.0, n)
-    y = rng.poisson(np.exp(1.0 + np.sin(x)))
-
-    def model():
-        length = numpyro.sample("length", dist.LogNormal(0.0, 1.0))
-        amp = numpyro.sample("amp", dist.HalfNormal(1.0))
-        k = amp**2 * jnp.exp(-0.5 * (x[:, None] - x[None]) ** 2 / length**2)
-        k = k + 1e-3 * jnp.eye(n)
-        if centred:
-            f = numpyro.sample("f", dist.MultivariateNormal(1.0, k))
-        else:
-            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([n]).to_event(1))
-            f = numpyro.deterministic("f", 1.0 + jnp.linalg.cholesky(k) @ z)
-        numpyro.sample("y", dist.Poisson(jnp.exp(f)), obs=y)
-
-    return model
-
-
 def problem(name):
     """(centred model, non-centred model, model args, scored sites, positive sites)."""
     from numpyro.infer.reparam import LocScaleReparam
@@ -101,7 +76,10 @@ def problem(name):
             ("tau",),
         )
     if name == "latent GP":
-        return latent_gp(True), latent_gp(False), (), ("length", "amp", "f"), ("length", "amp")
+        from ungoverned import latent_gp
+
+        gp = latent_gp(centred=True), latent_gp(centred=False)
+        return *gp, (), ("length", "amp", "f"), ("length", "amp")
     model = hierarchical.eight_schools
     noncentred = numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)})
     return model, noncentred, (), ("mu", "tau", "theta"), ("tau",)

@@ -40,7 +40,8 @@ SAMPLERS = tuple(f"S3HMC {m}" for m in MASSES) + ("NUTS",)
 MODELS = ("latent GP", "Bayesian lasso")
 
 
-def latent_gp(n=30, seed=0):
+def latent_gp(n=30, seed=0, centred=True):
+    """A Poisson latent GP; ``centred=False`` whitens it: f = 1 + L z, z ~ N(0, I)."""
     rng = np.random.default_rng(seed)
     x = np.linspace(0.0, 10.0, n)
     y = rng.poisson(np.exp(1.0 + np.sin(x)))
@@ -49,7 +50,12 @@ def latent_gp(n=30, seed=0):
         length = numpyro.sample("length", dist.LogNormal(0.0, 1.0))
         amp = numpyro.sample("amp", dist.HalfNormal(1.0))
         k = amp**2 * jnp.exp(-0.5 * (x[:, None] - x[None]) ** 2 / length**2)
-        f = numpyro.sample("f", dist.MultivariateNormal(1.0, k + 1e-3 * jnp.eye(n)))
+        k = k + 1e-3 * jnp.eye(n)
+        if centred:
+            f = numpyro.sample("f", dist.MultivariateNormal(1.0, k))
+        else:
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([n]).to_event(1))
+            f = numpyro.deterministic("f", 1.0 + jnp.linalg.cholesky(k) @ z)
         numpyro.sample("y", dist.Poisson(jnp.exp(f)), obs=y)
 
     return model
