@@ -203,6 +203,10 @@ def run_sbc(
     ys = prior.pop("y")
     truth = {k: np.asarray(v) for k, v in spec.quantities(prior).items()}
 
+    # centred: the integrators' semi-separable geometry is what is calibrated here (with
+    # coordinates="auto" a prior-dominated group would be non-centred, its hyperparameter
+    # a plain parameter, and the one decision taken on replica 0 would serve them all)
+    kernel_kwargs.setdefault("coordinates", "centred")
     kernel = S3HMC(spec.model, integrator=integrator, **kernel_kwargs)
     # sets up the partition and the compiled pieces on concrete data (replica 0)
     state0 = kernel.init(key_init, num_warmup, model_args=(*spec.args, ys[0]))

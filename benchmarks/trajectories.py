@@ -13,14 +13,16 @@ Models (written centred, as a user writes them):
   static length traps chains; non-centred: f = 1 + L z, z ~ N(0, I), L the kernel's
   Cholesky factor; scored on every latent.
 
-Samplers, same key and budget: S3HMC with ``trajectory="static"`` (the default) and
-``trajectory="nuts"``; NumPyro NUTS on the centred model and on the non-centred one
+Samplers, same key and budget: S3HMC in centred coordinates with ``trajectory="static"``
+and with ``trajectory="nuts"``, and S3HMC's defaults (``coordinates="auto"``, static
+length; its pilot's gradients are counted in warmup's); NumPyro NUTS on the centred model and on the non-centred one
 (the hand-written non-centred network, or ``LocScaleReparam(0)``). Scores: the smallest
 bulk ESS over the scored quantities per 1,000 sampling-phase gradients, the worst
 split R-hat, divergences, and gradients per draw in warmup and in sampling, counted
 separately; medians over the MCMC seeds.
 
     python benchmarks/trajectories.py [--quick] [--seeds 0 1 2] [--models ...] [--write]
+        [--samplers "S3HMC auto,NUTS centred"]   # a subset, merged into the saved runs
     python benchmarks/trajectories.py --report   # table and figure from trajectories.json
 
 ``--write`` puts the table in ``benchmarks/results.md`` and the figure in
@@ -30,6 +32,7 @@ separately; medians over the MCMC seeds.
 """
 
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -49,7 +52,7 @@ import hierarchical  # noqa: E402
 import models as suite  # noqa: E402
 
 START, END = "<!-- trajectories:start -->", "<!-- trajectories:end -->"
-SAMPLERS = ("S3HMC static", "S3HMC nuts", "NUTS centred", "NUTS non-centred")
+SAMPLERS = ("S3HMC static", "S3HMC nuts", "S3HMC auto", "NUTS centred", "NUTS non-centred")
 MODELS = ("BNN sine, data 0", "BNN sine, data 1", "funnel 50-D", "eight schools", "latent GP")
 BNN_PRECISIONS = tuple(f"tau_{k}" for k in suite.LAYERS) + ("tau_y",)
 
@@ -90,8 +93,10 @@ def kernel(sampler, centred, noncentred):
 
     from numpyro_s3hmc import S3HMC
 
+    if sampler == "S3HMC auto":  # the default
+        return S3HMC(centred)
     if sampler.startswith("S3HMC"):
-        return S3HMC(centred, trajectory=sampler.split()[1])
+        return S3HMC(centred, trajectory=sampler.split()[1], coordinates="centred")
     return NUTS(centred if sampler == "NUTS centred" else noncentred)
 
 
@@ -102,7 +107,9 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
 
     centred, noncentred, args, scored, positive = problem(name)
     out = {}
-    for sampler in SAMPLERS:
+    # --samplers (passed to this child process through the environment) runs a subset
+    chosen = os.environ.get("TRAJECTORIES_SAMPLERS")
+    for sampler in SAMPLERS if chosen is None else chosen.split(","):
         k = kernel(sampler, centred, noncentred)
         grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
         fields = (grad_field, "diverging")
@@ -131,12 +138,14 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
             rhat.append(np.nanmax(split_gelman_rubin(v)))
         grads = float(np.sum(extra[grad_field]))
         draws_total = num_chains * num_samples
+        # coordinates="auto" runs a pilot before warmup: its gradients are warmup's
+        warm_grads = float(np.sum(warm[grad_field])) + getattr(k, "pilot_grad_evals", 0)
         out[sampler] = {
             "ess_per_1k": float(1000 * min(ess) / grads),
             "rhat": float(max(rhat)),
             "divergences": int(np.sum(extra["diverging"])),
             "grads_per_draw": grads / draws_total,
-            "warmup_grads_per_draw": float(np.sum(warm[grad_field])) / (num_chains * num_warmup),
+            "warmup_grads_per_draw": warm_grads / (num_chains * num_warmup),
             "seconds": seconds,
         }
     return out
@@ -149,8 +158,10 @@ def markdown(cells, models, seeds, command) -> str:
         " every latent element); the worst split R-hat and the total divergences over the"
         " seeds; median gradients per draw in warmup / in sampling.",
         "",
-        "| model | " + " | ".join(SAMPLERS) + " | static / better NUTS | nuts / better NUTS |",
-        "|---|" + "---|" * (len(SAMPLERS) + 2),
+        "| model | "
+        + " | ".join(SAMPLERS)
+        + " | static / better NUTS | nuts / better NUTS | auto / better NUTS |",
+        "|---|" + "---|" * (len(SAMPLERS) + 3),
     ]
     for name in models:
         med = hierarchical.medians(cells, name, samplers=SAMPLERS)
@@ -165,8 +176,7 @@ def markdown(cells, models, seeds, command) -> str:
                 f"{med[sampler]:.3g}; R-hat {rhat:.3f}, {div} div; {warm:.0f} / {samp:.0f} grads"
             )
         best = max(med["NUTS centred"], med["NUTS non-centred"])
-        nuts = med["S3HMC nuts"]
-        cols += [f"{med['S3HMC static'] / best:.2f}×", f"{nuts / best:.2f}×"]
+        cols += [f"{med[f'S3HMC {s}'] / best:.2f}×" for s in ("static", "nuts", "auto")]
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
     lines += ["", "Command:", "", f"    {command}"]
     return "\n".join(lines)
@@ -183,7 +193,8 @@ def figure(cells, models, path):
     width = 0.8 / len(SAMPLERS)
     for j, sampler in enumerate(SAMPLERS):
         med = [hierarchical.medians(cells, m, samplers=SAMPLERS)[sampler] for m in models]
-        ax.bar(np.arange(len(models)) + (j - 1.5) * width, med, width, label=sampler)
+        offset = (j - (len(SAMPLERS) - 1) / 2) * width
+        ax.bar(np.arange(len(models)) + offset, med, width, label=sampler)
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(models)), models, fontsize=8)
     ax.set_ylabel("min ESS per 1,000 gradients")
@@ -220,11 +231,19 @@ def main(argv=None) -> int:
         seeds = range(len(next(iter(cells.values()))))
         report(cells, seeds, "python benchmarks/trajectories.py --write", write=True)
         return 0
+    full = list(argv)
+    if "--samplers" in argv:  # a subset, e.g. --samplers "S3HMC auto"; merged below
+        at = argv.index("--samplers")
+        chosen = argv[at + 1].split(",")
+        if not set(chosen) <= set(SAMPLERS):
+            raise SystemExit(f"--samplers takes a comma-separated subset of {SAMPLERS}")
+        os.environ["TRAJECTORIES_SAMPLERS"] = argv[at + 1]
+        argv = argv[:at] + argv[at + 2 :]
     args = hierarchical.parse_suite_args(argv, __doc__, MODELS, "update benchmarks/results.md")
     cells = hierarchical.run(
         args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples, __file__
     )
-    command = shlex.join(["python", "benchmarks/trajectories.py", *argv])
+    command = shlex.join(["python", "benchmarks/trajectories.py", *full])
     # merged with earlier runs of other models, so the suite can run in parts
     saved = json.loads(path.read_text()) if path.exists() else {}
     saved.update({f"{m} | {s}": rows for (m, s), rows in cells.items()})

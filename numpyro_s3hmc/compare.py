@@ -169,17 +169,17 @@ def _fields_to_collect(has_field: Callable[[str], bool] | None) -> tuple[str, ..
 
 def _hyper_names(kernel: MCMCKernel, model_args: tuple, model_kwargs: dict) -> list:
     if isinstance(kernel, S3HMC):
-        if kernel.partition is None:  # before init: the blocks init will find, with its settings
-            return list(
-                partition_sites(
-                    kernel.model,
-                    model_args,
-                    model_kwargs,
-                    hyper_sites=kernel._hyper_sites,
-                    count_observations=kernel._count_observations,
-                ).hyper
-            )
-        return list(kernel.partition.hyper)
+        # the user's model's blocks with the kernel's settings (once a site is non-centred,
+        # kernel.partition describes the coordinates it samples, where τ may be plain)
+        return list(
+            partition_sites(
+                kernel.model,
+                model_args,
+                model_kwargs,
+                hyper_sites=kernel._hyper_sites,
+                count_observations=kernel._count_observations,
+            ).hyper
+        )
     return list(hyperparameter_sites(kernel.model, *model_args, **model_kwargs))
 
 

@@ -31,6 +31,7 @@ from numpyro_s3hmc.metrics import (
 from numpyro_s3hmc.partition import (
     SitePartition,
     data_precision_fn,
+    decentred_names,
     merge_z,
     noncentred,
     noncentred_candidates,
@@ -104,6 +105,10 @@ def s3hmc_step(
             max_delta_energy,
         )
     raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}.")
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
 def find_reasonable_step_size(
@@ -226,15 +231,19 @@ class S3HMC(MCMCKernel):
         ``"fisher"`` is never the worst and within 7% of the best where it is not
         the best; ``"variance"`` is best on a Bayesian lasso and 25–30% behind on
         non-centred eight schools, ``"gradient"`` the worst on both.
-    coordinates : ``"centred"`` (default): sample the model as written;
-        ``"noncentred"``: sample every ``Normal`` site whose scale depends on the
-        hyperparameters in NumPyro's ``LocScaleReparam(0)`` coordinates
-        (θ = loc + scale · θ_decentered), found by the kernel; draws of θ come back
-        as deterministic sites. Better where the prior dominates the group (eight
-        schools: 88 against 30 ESS per 1,000 gradients), worse where the data do.
-        ``"auto"``: each such site gets the coordinates a short centred pilot run
-        before warmup calls for (see :meth:`_choose_coordinates`); the choice is in
-        ``kernel.coordinates`` (docs/design.md §3.2).
+    coordinates : ``"auto"`` (default): each ``Normal`` site whose scale depends on
+        the hyperparameters gets the coordinates that a short centred pilot run
+        before warmup calls for (see :meth:`_choose_coordinates`): NumPyro's
+        ``LocScaleReparam(0)`` coordinates θ = loc + scale · θ_decentered where the
+        prior dominates the site, the model as written where the data do. The choice
+        is in ``kernel.coordinates``, the pilot's gradients in
+        ``kernel.pilot_grad_evals``; under ``chain_method="parallel"`` the pilot runs
+        once, at trace time, on one chain (docs/design.md §3.2). ``"centred"``: the
+        model as written; ``"noncentred"``: every such site non-centred. Draws come
+        back in the user's coordinates, under the user's names (θ_decentered is only
+        in the kernel's state). Inside ``Gibbs`` the kernel stays centred. Measured against centred (benchmarks/results.md):
+        eight schools 99 against 30 ESS per 1,000 gradients, the BNN sine 0.64
+        against 0.15 (the precisions'), where the data dominate about the same.
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -271,7 +280,7 @@ class S3HMC(MCMCKernel):
         param_metric: str = "prior*fisher",
         coupled_metric: bool = True,
         ungoverned_mass: str = "fisher",
-        coordinates: str = "centred",
+        coordinates: str = "auto",
         hyper_sites: tuple | None = None,
         count_observations: bool = True,
         init_strategy: Callable = init_to_uniform,
@@ -310,6 +319,10 @@ class S3HMC(MCMCKernel):
         self._sampled_model = model
         self._noncentred_sites = None  # decided at the first init
         self._candidates = None
+        self._decentred = ()  # the _decentered sample sites of the non-centred sites
+        # gradients of U the coordinates="auto" pilot evaluated, over its chains; they
+        # come before warmup and are in no state's num_grad_evals
+        self.pilot_grad_evals = 0
         self._hyper_sites = hyper_sites
         self._count_observations = count_observations
         self._init_strategy = init_strategy
@@ -351,7 +364,12 @@ class S3HMC(MCMCKernel):
     def postprocess_fn(self, model_args, model_kwargs):
         if self._postprocess_fn is None:
             return identity
-        return self._postprocess_fn(*model_args, **model_kwargs)
+        fn = self._postprocess_fn(*model_args, **model_kwargs)
+        if not self._decentred:
+            return fn
+        # draws come back in the user's coordinates: θ (a deterministic site of the
+        # non-centred model), not the kernel's θ_decentered
+        return lambda z: {k: v for k, v in fn(z).items() if k not in self._decentred}
 
     def refresh(self, state, model_args, model_kwargs):
         """U and ∂U/∂z at ``state.z`` for these arguments, the chain not moved.
@@ -366,11 +384,24 @@ class S3HMC(MCMCKernel):
         return state._replace(potential_energy=pe, z_grad=z_grad)
 
     def wrap_model(self, wrapper):
-        """A copy bound to ``wrapper(model)``, rebuilt at its next ``init`` (for ``Gibbs``)."""
+        """A copy bound to ``wrapper(model)``, rebuilt at its next ``init`` (for ``Gibbs``).
+
+        ``Gibbs`` reads the block's sites from the state, so the copy samples the model's
+        own coordinates: ``coordinates="auto"`` becomes ``"centred"``.
+        """
+        if self._coordinates == "noncentred":
+            raise ValueError(
+                "S3HMC(coordinates='noncentred') cannot be a Gibbs block: Gibbs reads the"
+                " block's sites from the kernel's state, which would hold"
+                " '<site>_decentered' instead. Use coordinates='centred' (or the default,"
+                " 'auto', which stays centred inside Gibbs)."
+            )
         kernel = copy.copy(self)
+        kernel._coordinates = "centred"
         kernel._model = wrapper(self._model)
         kernel._sampled_model = kernel._model
         kernel._noncentred_sites = kernel._candidates = None
+        kernel.pilot_grad_evals = 0
         kernel._partition = None
         kernel._potential_fn_gen = None
         kernel._postprocess_fn = None
@@ -387,20 +418,28 @@ class S3HMC(MCMCKernel):
         self._sampled_model = self._model
         if self._coordinates != "centred" and self._noncentred_sites is None:
             # decided once per kernel (so every chain of a sequential run agrees)
+            centred = partition_sites(self._model, model_args, model_kwargs)
+            # a site the user named in hyper_sites stays a hyperparameter: the sites it
+            # scales stay centred (non-centred, it would scale nothing)
+            named = set(self._hyper_sites or ())
+            self._candidates = tuple(
+                k
+                for k in noncentred_candidates(centred, self._model, model_args, model_kwargs)
+                if not named & set(centred.param_sites[k].governed_by)
+            )
             if self._coordinates == "auto":
                 self._noncentred_sites, init_params = self._choose_coordinates(
                     key_init, num_warmup, init_params, model_args, model_kwargs
                 )
             else:
-                self._noncentred_sites = self._candidates = noncentred_candidates(
-                    partition_sites(self._model, model_args, model_kwargs),
-                    self._model,
-                    model_args,
-                    model_kwargs,
-                )
+                self._noncentred_sites = self._candidates
         sites = () if self._coordinates == "centred" else self._noncentred_sites
+        self._decentred = ()
         if sites:
             self._sampled_model = noncentred(self._model, sites)
+            self._decentred = tuple(
+                decentred_names(self._model, sites, model_args, model_kwargs).values()
+            )
             if init_params is not None:  # given in the user's (centred) coordinates
                 init_params = self._to_noncentred(
                     init_params, sites, vectorized, model_args, model_kwargs
@@ -464,10 +503,12 @@ class S3HMC(MCMCKernel):
         }
 
     def _to_noncentred(self, z, sites, vectorized, model_args, model_kwargs):
+        names = decentred_names(self._model, sites, model_args, model_kwargs)
+
         def convert(z):
             new = standardise(self._model, model_args, model_kwargs, z, sites)
             out = {k: v for k, v in z.items() if k not in sites}
-            out.update({f"{k}_decentered": v for k, v in new.items()})
+            out.update({names[k]: v for k, v in new.items()})
             return out
 
         return jax.vmap(convert)(z) if vectorized else convert(z)
@@ -484,25 +525,27 @@ class S3HMC(MCMCKernel):
         chains exceeds ½, i.e. where its data precision is below its prior precision
         (docs/design.md §3.2). Returns the chosen sites and the pilot's last point.
         """
-        candidates = noncentred_candidates(
-            partition_sites(self._model, model_args, model_kwargs),
-            self._model,
-            model_args,
-            model_kwargs,
-        )
-        self._candidates = candidates
+        candidates = self._candidates
         if not candidates:
             return (), init_params
-        if isinstance(jax.tree.leaves(rng_key)[0], jax.core.Tracer):
-            # inside pmap (chain_method="parallel") nothing concrete to decide on
-            warnings.warn(
-                "coordinates='auto' cannot run its pilot under chain_method='parallel';"
-                " sampling in centred coordinates. Pass coordinates='noncentred' or"
-                " 'centred' to choose.",
-                UserWarning,
-                stacklevel=4,
-            )
-            return (), init_params
+        if _traced(rng_key):
+            # inside pmap (chain_method="parallel"): run the pilot now, at trace time,
+            # on one chain from a fixed key (every device gets the same choice); its
+            # state cannot start the traced chains
+            if _traced((init_params, model_args, model_kwargs)):
+                warnings.warn(
+                    "coordinates='auto' cannot run its pilot under chain_method='parallel'"
+                    " with traced model arguments or init_params; sampling in centred"
+                    " coordinates. Pass coordinates='noncentred' or 'centred' to choose.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                return (), init_params
+            with jax.ensure_compile_time_eval():
+                chosen, _ = self._choose_coordinates(
+                    random.PRNGKey(0), num_warmup, None, model_args, model_kwargs
+                )
+            return chosen, init_params
         pilot = copy.copy(self)
         pilot._coordinates, pilot._noncentred_sites = "centred", ()
         steps = int(np.clip(num_warmup // 4, 50, 200))
@@ -520,11 +563,12 @@ class S3HMC(MCMCKernel):
         def run(state):
             def body(s, _):
                 s = pilot.sample(s, model_args, model_kwargs)
-                return s, standardised(s.z)
+                return s, (standardised(s.z), s.num_grad_evals)
 
             return jax.lax.scan(body, state, None, length=steps)
 
-        state, draws = run(state)
+        state, (draws, grads) = run(state)
+        self.pilot_grad_evals = int(np.sum(grads))
         chosen = []
         for k in candidates:
             var = np.var(np.asarray(draws[k])[steps // 2 :], axis=0)

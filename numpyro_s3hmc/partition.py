@@ -440,12 +440,23 @@ def noncentred_candidates(partition: SitePartition, model, model_args=(), model_
     """The θ sites :func:`noncentred` can re-parameterise: ``Normal`` sites whose every
     element is governed and whose scale depends on a hyperparameter."""
     model_kwargs = {} if model_kwargs is None else model_kwargs
-    tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    with numpyro.validation_enabled(False):  # a prior draw may be extreme; types matter
+        tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
     return tuple(
         k
         for k, info in partition.param_sites.items()
-        if info.governed_by and info.governed.all() and isinstance(_base(tr[k]["fn"]), dist.Normal)
+        if info.governed_by
+        and info.governed.all()
+        and isinstance(_reparam_base(tr[k]["fn"]), dist.Normal)
     )
+
+
+def _reparam_base(fn):
+    """What ``LocScaleReparam`` sees under its wrappers: it unwraps only these two (a
+    masked site, e.g. the missing entries of ``obs_mask``, stays centred)."""
+    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
+        fn = fn.base_dist
+    return fn
 
 
 def noncentred(model: Callable, sites) -> Callable:
@@ -460,6 +471,24 @@ def noncentred(model: Callable, sites) -> Callable:
     if not sites:
         return model
     return reparam(model, config={k: LocScaleReparam(0) for k in sites})
+
+
+def decentred_names(model: Callable, sites, model_args=(), model_kwargs=None) -> dict:
+    """{site: the name of its ``_decentered`` sample site in ``noncentred(model, sites)``}.
+
+    Usually ``<site>_decentered``; inside a ``scope`` handler (flax's
+    ``random_flax_module``) NumPyro prefixes the new site once more, e.g.
+    ``net/net/Dense_0.kernel_decentered`` for ``net/Dense_0.kernel``.
+    """
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+    with numpyro.validation_enabled(False):  # only the names matter
+        tr = trace(seed(noncentred(model, sites), 0)).get_trace(*model_args, **model_kwargs)
+    names = [k for k, v in tr.items() if v["type"] == "sample"]
+    out = {}
+    for k in sites:
+        exact = f"{k}_decentered"
+        out[k] = exact if exact in names else next(n for n in names if n.endswith(exact))
+    return out
 
 
 def standardise(model: Callable, model_args, model_kwargs, z: dict, sites) -> dict:

@@ -1,5 +1,7 @@
 """compare_samplers, plot_comparison, the ArviZ export of S3HMC runs, and the demo."""
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,13 @@ from numpyro_s3hmc.compare import (
     plot_comparison,
 )
 from numpyro_s3hmc.demo import main
+
+# The sampler's machinery in the model's own coordinates: coordinates="auto", the default,
+# would non-centre the prior-dominated groups here (bypassing the semi-separable metric
+# these tests check) and add a pilot run and its compilation to every test; it is tested
+# in test_coupled_metric.py, test_exact.py, test_bnn*.py, test_discrete_and_missing.py
+# and by the examples and the demo.
+S3HMC = functools.partial(S3HMC, coordinates="centred")
 
 az = arviz()  # 0.x or 1.x, without 0.23's import banner
 Y = np.array([0.3, -1.2, 0.8, 0.1, -0.4], dtype=np.float32)
@@ -85,7 +94,8 @@ def test_export_from_comparison(comparison):
 def test_table_matches_arviz(comparison):
     kernels, table, idatas = comparison
     assert list(table.index) == ["S3HMC", "NUTS"]
-    assert table.attrs["hyper"] == ("tau", "tau_y") == kernels["S3HMC"].partition.hyper
+    # the model's hyperparameters, whatever coordinates the kernel chose to sample in
+    assert table.attrs["hyper"] == ("tau", "tau_y")
     for name, idata in idatas.items():
         row = table.loc[name]
         latent = dataset(idata.posterior)[["tau", "tau_y", "x"]]  # not the deterministic x_sum

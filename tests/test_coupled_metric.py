@@ -248,7 +248,7 @@ def located_funnel():
 
 
 def test_prior_only_funnel_with_location_parent_is_exact():
-    kernel = S3HMC(located_funnel)
+    kernel = S3HMC(located_funnel, coordinates="centred")  # the coupled metric's test
     mcmc = MCMC(kernel, num_warmup=500, num_samples=2000, num_chains=2, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0))
     assert kernel.partition.coupling is not None
@@ -279,9 +279,9 @@ def eight_schools_tau_posterior():
     return mean, mean_log, np.interp(0.05, cdf, tau)
 
 
-def run_eight_schools(num_samples, seed):
+def run_eight_schools(num_samples, seed, coordinates="centred"):
     mcmc = MCMC(
-        S3HMC(eight_schools),
+        S3HMC(eight_schools, coordinates=coordinates),
         num_warmup=1000,
         num_samples=num_samples,
         num_chains=4,
@@ -312,8 +312,10 @@ def test_eight_schools_centred_is_exact():
 
 
 @pytest.mark.slow
-def test_eight_schools_centred_is_exact_long():
-    check_eight_schools(*run_eight_schools(10_000, 1))
+@pytest.mark.parametrize("coordinates", ["centred", "auto"])
+def test_eight_schools_centred_is_exact_long(coordinates):
+    # the model written centred; "auto" (the default) samples it non-centred
+    check_eight_schools(*run_eight_schools(10_000, 1, coordinates))
 
 
 # --- coordinates ---------------------------------------------------------------------
@@ -327,6 +329,7 @@ def test_noncentred_coordinates_are_exact_and_keep_the_user_names():
     assert kernel.partition.hyper == ()  # tau scales nothing once theta is non-centred
     s = mcmc.get_samples(group_by_chain=True)
     assert s["theta"].shape == (2, 2000, 10)  # the user's site, as a deterministic one
+    assert "theta_decentered" not in s  # the kernel's coordinates stay in its state
     euler = 0.5772156649015329
     assert_mean(np.log(s["tau"]), np.log(2.0) - 0.5 * (euler + np.log(2.0)), "log tau")
     assert_mean(s["theta"][..., 3], 1.0, "theta[3]")
@@ -352,6 +355,8 @@ def data_dominated(y=np.array([3.0, -1.0, 0.5, 2.0, -2.5, 1.5])):
     [
         (located_funnel, "noncentred", "sequential"),  # one decision for both chains
         (data_dominated, "centred", "vectorized"),
+        # under pmap the pilot runs at trace time (conftest makes two host devices)
+        (located_funnel, "noncentred", "parallel"),
     ],
 )
 def test_auto_coordinates_follow_the_data(model, expected, chain_method):
