@@ -66,16 +66,6 @@ def test_gamma_funnel(integrator, trajectory):
     assert_mean(np.mean(s["x"] ** 2, -1), B / (A - 1), "E[mean x^2]")
 
 
-def test_gamma_funnel_with_the_default_coordinates():
-    # the default's pilot non-centres x here: x comes back from x_decentered and τ
-    s = sample(funnel, "splitting", coordinates="auto")
-    assert "x_decentered" not in s
-    assert_mean(s["tau"], A / B, "E[tau]")
-    assert_mean(np.log(s["tau"]), special.digamma(A) - np.log(B), "E[log tau]")
-    assert_mean(s["x"][..., 0] ** 2, B / (A - 1), "E[x0^2]")
-    assert_mean(np.mean(s["x"] ** 2, -1), B / (A - 1), "E[mean x^2]")
-
-
 # conjugate Normal-Gamma: τ scales both the prior of μ (with κ0) and the likelihood
 M0, K0, A0, B0 = 1.0, 0.5, 2.0, 2.0
 Y = np.array([0.3, 1.9, 2.4, 0.8, 1.5, 3.1, 1.2, 2.2, 0.9, 1.7])
