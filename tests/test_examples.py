@@ -46,8 +46,17 @@ SINE_FULL = (
 # null (not NaN, not a crash); two chains elsewhere (a float R-hat, and the
 # multi-chain path of the examples that compute their own)
 ONE_CHAIN = ("funnel", "bimodal", "bnn_diabetes")
+# the default run keeps it under 15 minutes on 2 cores: the digits and diabetes BNNs
+# (each about 40 s, most of it compiling S3HMC's pilot and sampler and NUTS) run with
+# -m slow; bnn_sine and test_bnn_cnn cover the BNN example path by default
+SLOW_EXAMPLES = ("bnn_digits", "bnn_diabetes")
 RUNS = [
-    pytest.param(name, chains, id=f"{name}-{chains}chain")
+    pytest.param(
+        name,
+        chains,
+        id=f"{name}-{chains}chain",
+        marks=[pytest.mark.slow] if name in SLOW_EXAMPLES else [],
+    )
     for name in CASES
     for chains in ((1,) if name in ONE_CHAIN else (2,))
 ]

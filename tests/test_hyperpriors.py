@@ -230,6 +230,7 @@ def check_family(s, name, site=None, min_ess=150):
     assert_mean(h / (1 + h), bounded_mean(name), f"{name}: E[h/(1+h)]", min_ess=min_ess)
 
 
+@pytest.mark.slow  # about 30 s; the partition and Fisher c of every family are checked above
 def test_every_family_exact():
     """All families in one model (one compilation): 8 independent 20-D funnels."""
     s, diverging = sample(all_funnels, 500, 1500, seed=0)

@@ -49,7 +49,11 @@ def run(kernel=None, *, num_chains=1, chain_method="sequential", seed=0, **mcmc_
     return mcmc
 
 
-@pytest.mark.parametrize("chain_method", ["sequential", "vectorized", "parallel"])
+@pytest.mark.parametrize(
+    "chain_method",
+    # sequential is how most other tests here run; its own check runs with -m slow
+    [pytest.param("sequential", marks=pytest.mark.slow), "vectorized", "parallel"],
+)
 def test_chain_methods_agree_in_law(chain_method):
     mcmc = run(num_chains=2, chain_method=chain_method, num_warmup=300, num_samples=300)
     w = mcmc.get_samples(group_by_chain=True)["w"]
