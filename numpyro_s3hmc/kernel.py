@@ -439,12 +439,11 @@ class S3HMC(MCMCKernel):
         self._decentred = ()
         if sites:
             self._sampled_model = noncentred(self._model, sites)
-            self._decentred = tuple(
-                decentred_names(self._model, sites, model_args, model_kwargs).values()
-            )
+            names = decentred_names(self._model, sites, model_args, model_kwargs)
+            self._decentred = tuple(names.values())
             if init_params is not None:  # given in the user's (centred) coordinates
                 init_params = self._to_noncentred(
-                    init_params, sites, vectorized, model_args, model_kwargs
+                    init_params, names, vectorized, model_args, model_kwargs
                 )
         self._partition = partition_sites(
             self._sampled_model,
@@ -504,12 +503,12 @@ class S3HMC(MCMCKernel):
             k: "noncentred" if k in self._noncentred_sites else "centred" for k in self._candidates
         }
 
-    def _to_noncentred(self, z, sites, vectorized, model_args, model_kwargs):
-        names = decentred_names(self._model, sites, model_args, model_kwargs)
+    def _to_noncentred(self, z, names, vectorized, model_args, model_kwargs):
+        """``z`` in the non-centred coordinates; ``names``: {site: its _decentered name}."""
 
         def convert(z):
-            new = standardise(self._model, model_args, model_kwargs, z, sites)
-            out = {k: v for k, v in z.items() if k not in sites}
+            new = standardise(self._model, model_args, model_kwargs, z, tuple(names))
+            out = {k: v for k, v in z.items() if k not in names}
             out.update({names[k]: v for k, v in new.items()})
             return out
 
@@ -519,7 +518,8 @@ class S3HMC(MCMCKernel):
         """Centred or non-centred coordinates for each candidate site, from a pilot run.
 
         A short centred run (``num_warmup // 4`` iterations, 50 to 200 but at most
-        ``max(num_warmup, 10)``, on top of the warmup) measures, for every element of a candidate site θ ~ N(loc, scale), the
+        ``max(num_warmup, 10)``, on top of the warmup) measures, for every element of a
+        candidate site θ ~ N(loc, scale), the
         variance over its second half of the standardised value (θ − loc)/scale. Near 1,
         the prior dominates and the non-centred coordinates are better; near 0, the data
         pin θ down and the centred ones are (the variance is scale²/(scale² + 1/D) at a
