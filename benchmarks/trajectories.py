@@ -53,7 +53,16 @@ import models as suite  # noqa: E402
 
 START, END = "<!-- trajectories:start -->", "<!-- trajectories:end -->"
 SAMPLERS = ("S3HMC static", "S3HMC nuts", "S3HMC auto", "NUTS centred", "NUTS non-centred")
-MODELS = ("BNN sine, data 0", "BNN sine, data 1", "funnel 50-D", "eight schools", "latent GP")
+FUNNEL_DIMS = (25, 50, 100, 200)
+MODELS = (
+    "BNN sine, data 0",
+    "BNN sine, data 1",
+    "BNN diabetes, data 0",
+    "BNN diabetes, data 1",
+    *(f"funnel {d}-D" for d in FUNNEL_DIMS),
+    "eight schools",
+    "latent GP",
+)
 BNN_PRECISIONS = tuple(f"tau_{k}" for k in suite.LAYERS) + ("tau_y",)
 
 
@@ -70,10 +79,22 @@ def problem(name):
             BNN_PRECISIONS,
             BNN_PRECISIONS,
         )
-    if name == "funnel 50-D":
+    if name.startswith("BNN diabetes"):
+        # a data draw: 80% of the 442 rows, drawn with the draw's seed
+        x, y = suite.diabetes()
+        rows = np.sort(np.random.default_rng(int(name[-1])).permutation(len(y))[: len(y) * 4 // 5])
         return (
-            lambda: suite.funnel(50, centred=True),
-            lambda: suite.funnel(50, centred=False),
+            lambda x, y: suite.bnn(x, y, hidden=16, centred=True),
+            lambda x, y: suite.bnn(x, y, hidden=16, centred=False),
+            (x[rows], y[rows]),
+            BNN_PRECISIONS,
+            BNN_PRECISIONS,
+        )
+    if name.startswith("funnel"):
+        dim = int(name.split()[1][:-2])
+        return (
+            lambda: suite.funnel(dim, centred=True),
+            lambda: suite.funnel(dim, centred=False),
             (),
             ("tau", "x"),
             ("tau",),
@@ -151,12 +172,31 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
     return out
 
 
+def _median(cells, name, sampler, key="ess_per_1k"):
+    """The median over seeds, or None where the (model, sampler) pair was not run."""
+    rows = cells.get((name, sampler))
+    return None if not rows else statistics.median(r[key] for r in rows)
+
+
+def funnel_slope(cells, sampler):
+    """(slope of log(gradients per effective sample) against log D, {D: gradients per
+    effective sample}) over the funnels of ``FUNNEL_DIMS`` run for ``sampler``."""
+    cost = {}
+    for d in FUNNEL_DIMS:
+        ess = _median(cells, f"funnel {d}-D", sampler)
+        if ess:
+            cost[d] = 1000 / ess
+    if len(cost) < 2:
+        return None, cost
+    return float(np.polyfit(np.log(list(cost)), np.log(list(cost.values())), 1)[0]), cost
+
+
 def markdown(cells, models, seeds, command) -> str:
     lines = [
         f"Median over MCMC seeds {', '.join(map(str, seeds))} of the smallest bulk ESS per"
         " 1,000 sampling-phase gradients (BNNs: over the five log precisions; otherwise over"
         " every latent element); the worst split R-hat and the total divergences over the"
-        " seeds; median gradients per draw in warmup / in sampling.",
+        " seeds; median gradients per draw in warmup / in sampling; – where not run.",
         "",
         "| model | "
         + " | ".join(SAMPLERS)
@@ -164,42 +204,69 @@ def markdown(cells, models, seeds, command) -> str:
         "|---|" + "---|" * (len(SAMPLERS) + 3),
     ]
     for name in models:
-        med = hierarchical.medians(cells, name, samplers=SAMPLERS)
         cols = []
         for sampler in SAMPLERS:
-            rows = cells[(name, sampler)]
+            rows = cells.get((name, sampler))
+            if not rows:
+                cols.append("–")
+                continue
             rhat = max(r["rhat"] for r in rows)
             div = sum(r["divergences"] for r in rows)
             warm = statistics.median(r["warmup_grads_per_draw"] for r in rows)
             samp = statistics.median(r["grads_per_draw"] for r in rows)
             cols.append(
-                f"{med[sampler]:.3g}; R-hat {rhat:.3f}, {div} div; {warm:.0f} / {samp:.0f} grads"
+                f"{_median(cells, name, sampler):.3g}; R-hat {rhat:.3f}, {div} div;"
+                f" {warm:.0f} / {samp:.0f} grads"
             )
-        best = max(med["NUTS centred"], med["NUTS non-centred"])
-        cols += [f"{med[f'S3HMC {s}'] / best:.2f}×" for s in ("static", "nuts", "auto")]
+        best = max(_median(cells, name, f"NUTS {p}") or 0 for p in ("centred", "non-centred"))
+        for s in ("static", "nuts", "auto"):
+            own = _median(cells, name, f"S3HMC {s}")
+            cols.append("–" if own is None or not best else f"{own / best:.2f}×")
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    slopes = []
+    for sampler in SAMPLERS:
+        slope, cost = funnel_slope(cells, sampler)
+        if slope is not None:
+            pts = ", ".join(f"{c:.3g} at {d}" for d, c in cost.items())
+            slopes.append(f"- {sampler}: {pts}; slope {slope:.2f}")
+    if slopes:
+        lines += [
+            "",
+            "Funnel: median gradients per effective sample against D, and the slope of its"
+            " log against log D:",
+            "",
+            *slopes,
+        ]
     lines += ["", "Command:", "", f"    {command}"]
     return "\n".join(lines)
 
 
 def figure(cells, models, path):
-    """Median min ESS per 1,000 gradients, one group of bars per model (log scale)."""
+    """Median min ESS per 1,000 gradients, one group of bars per model (log scale), and
+    the funnel's gradients per effective sample against D."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(SAMPLERS)
     for j, sampler in enumerate(SAMPLERS):
-        med = [hierarchical.medians(cells, m, samplers=SAMPLERS)[sampler] for m in models]
+        med = [_median(cells, m, sampler) or 0 for m in models]
         offset = (j - (len(SAMPLERS) - 1) / 2) * width
         ax.bar(np.arange(len(models)) + offset, med, width, label=sampler)
+        slope, cost = funnel_slope(cells, sampler)
+        if slope is not None:
+            bx.loglog(list(cost), list(cost.values()), "o-", label=f"{sampler} ({slope:.2f})")
     ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(models)), models, fontsize=8)
+    ax.set_xticks(np.arange(len(models)), models, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("min ESS per 1,000 gradients")
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("Median over 3 MCMC seeds, 4 chains × 1000 + 1000", fontsize=9)
+    bx.set_xlabel("funnel dimension D")
+    bx.set_ylabel("gradients per effective sample")
+    bx.set_title("Funnel (slope)", fontsize=9)
+    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -208,7 +275,7 @@ def figure(cells, models, path):
 def report(cells, seeds, command, write):
     """Print the table of every model in ``cells``; with ``write``, into results.md and
     the figure into docs/."""
-    models = [m for m in MODELS if (m, SAMPLERS[0]) in cells]
+    models = [m for m in MODELS if any((m, s) in cells for s in SAMPLERS)]
     text = markdown(cells, models, seeds, command)
     print(text)
     if write:

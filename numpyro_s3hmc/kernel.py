@@ -235,7 +235,9 @@ class S3HMC(MCMCKernel):
         the hyperparameters gets the coordinates that a short centred pilot run
         before warmup calls for (see :meth:`_choose_coordinates`): NumPyro's
         ``LocScaleReparam(0)`` coordinates θ = loc + scale · θ_decentered where the
-        prior dominates the site, the model as written where the data do. The choice
+        prior dominates the site, the model as written where the data do; a
+        ``MultivariateNormal`` site (a Gaussian process) is a candidate too, whitened
+        as θ = loc + L θ_decentered. The choice
         is in ``kernel.coordinates``, the pilot's gradients in
         ``kernel.pilot_grad_evals``; under ``chain_method="parallel"`` the pilot runs
         once, at trace time, on one chain (docs/design.md §3.2). ``"centred"``: the
@@ -520,7 +522,8 @@ class S3HMC(MCMCKernel):
         A short centred run (``num_warmup // 4`` iterations, 50 to 200 but at most
         ``max(num_warmup, 10)``, on top of the warmup) measures, for every element of a
         candidate site θ ~ N(loc, scale), the
-        variance over its second half of the standardised value (θ − loc)/scale. Near 1,
+        variance over its second half of the standardised value (θ − loc)/scale
+        (L⁻¹(θ − loc) for θ ~ MultivariateNormal(loc, L Lᵀ)). Near 1,
         the prior dominates and the non-centred coordinates are better; near 0, the data
         pin θ down and the centred ones are (the variance is scale²/(scale² + 1/D) at a
         data precision D). A site is non-centred where the median over its elements and

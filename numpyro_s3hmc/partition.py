@@ -50,6 +50,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.handlers import seed, substitute, trace
+from numpyro.infer.reparam import Reparam
 
 from numpyro_s3hmc._types import Array
 from numpyro_s3hmc.metrics import LocationCoupling
@@ -438,17 +439,18 @@ def prior_precision_fn(
 
 def noncentred_candidates(partition: SitePartition, model, model_args=(), model_kwargs=None):
     """The θ sites :func:`noncentred` can re-parameterise: ``Normal`` sites whose every
-    element is governed and whose scale depends on a hyperparameter."""
+    element is governed and whose scale depends on a hyperparameter, and
+    ``MultivariateNormal`` sites (a latent Gaussian process: whitened, θ = loc + L z)."""
     model_kwargs = {} if model_kwargs is None else model_kwargs
     with numpyro.validation_enabled(False):  # a prior draw may be extreme; types matter
         tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
-    return tuple(
-        k
-        for k, info in partition.param_sites.items()
-        if info.governed_by
-        and info.governed.all()
-        and isinstance(_reparam_base(tr[k]["fn"]), dist.Normal)
-    )
+    out = []
+    for k, info in partition.param_sites.items():
+        fn = _reparam_base(tr[k]["fn"])
+        normal = isinstance(fn, dist.Normal) and info.governed_by and info.governed.all()
+        if normal or isinstance(fn, dist.MultivariateNormal):
+            out.append(k)
+    return tuple(out)
 
 
 def _reparam_base(fn):
@@ -459,18 +461,39 @@ def _reparam_base(fn):
     return fn
 
 
+class _WhitenReparam(Reparam):
+    """θ ~ MultivariateNormal(loc, L Lᵀ) as ``<site>_decentered`` = z ~ N(0, I) and the
+    deterministic θ = loc + L z: ``LocScaleReparam(0)``'s non-centred coordinates for a
+    multivariate normal, which NumPyro's reparameterisers do not cover."""
+
+    def __call__(self, name, fn, obs):
+        fn, expand_shape, event_dim = self._unwrap(fn)
+        loc, tril = jnp.broadcast_to(fn.loc, fn.shape()), fn.scale_tril
+        white = dist.Normal(jnp.zeros_like(loc), 1.0).to_event(1)
+        z = numpyro.sample(f"{name}_decentered", self._wrap(white, expand_shape, event_dim))
+        return None, loc + jnp.squeeze(tril @ z[..., None], -1)
+
+
 def noncentred(model: Callable, sites) -> Callable:
-    """``model`` with the Normal ``sites`` in ``LocScaleReparam(0)`` coordinates
-    (docs/design.md §3.2): each is sampled as ``<site>_decentered`` ~ N(0, 1) and
-    recorded as the deterministic θ = loc + scale · θ_decentered, so the draws keep
-    the user's names. A hyperparameter that scaled only them becomes a plain parameter.
+    """``model`` with the ``sites`` in non-centred coordinates (docs/design.md §3.2):
+    a ``Normal`` site by ``LocScaleReparam(0)``, a ``MultivariateNormal`` one whitened
+    (θ = loc + L z). Each is sampled as ``<site>_decentered`` ~ N(0, 1) and recorded as
+    the deterministic θ, so the draws keep the user's names. A hyperparameter that
+    scaled only them becomes a plain parameter.
     """
     from numpyro.handlers import reparam
     from numpyro.infer.reparam import LocScaleReparam
 
     if not sites:
         return model
-    return reparam(model, config={k: LocScaleReparam(0) for k in sites})
+
+    def config(msg):
+        if msg["name"] not in sites:
+            return None
+        whiten = isinstance(_reparam_base(msg["fn"]), dist.MultivariateNormal)
+        return _WhitenReparam() if whiten else LocScaleReparam(0)
+
+    return reparam(model, config=config)
 
 
 def decentred_names(model: Callable, sites, model_args=(), model_kwargs=None) -> dict:
@@ -492,16 +515,22 @@ def decentred_names(model: Callable, sites, model_args=(), model_kwargs=None) ->
 
 
 def standardise(model: Callable, model_args, model_kwargs, z: dict, sites) -> dict:
-    """(θ − loc)/scale of each Normal site in ``sites`` at the unconstrained point ``z``
-    of ``model`` (the user's, centred): its non-centred coordinates."""
+    """The non-centred coordinates of each site in ``sites`` at the unconstrained point
+    ``z`` of ``model`` (the user's, centred): (θ − loc)/scale for a ``Normal`` site,
+    L⁻¹(θ − loc) for a ``MultivariateNormal`` one."""
     with numpyro.validation_enabled(False):
         tr = trace(substitute_unconstrained(seed(model, 0), z)).get_trace(
             *model_args, **model_kwargs
         )
     out = {}
     for k in sites:
-        fn = _base(tr[k]["fn"])
-        out[k] = (tr[k]["value"] - fn.loc) / fn.scale
+        fn, value = _base(tr[k]["fn"]), tr[k]["value"]
+        if isinstance(fn, dist.MultivariateNormal):
+            tril = jnp.broadcast_to(fn.scale_tril, value.shape + value.shape[-1:])
+            delta = jnp.broadcast_to(value - fn.loc, value.shape)[..., None]
+            out[k] = jax.scipy.linalg.solve_triangular(tril, delta, lower=True)[..., 0]
+        else:
+            out[k] = (value - fn.loc) / fn.scale
     return out
 
 

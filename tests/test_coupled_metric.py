@@ -385,3 +385,43 @@ def test_init_params_in_user_coordinates_are_converted():
     kernel = S3HMC(located_funnel, coordinates="noncentred")
     state = kernel.init(jax.random.PRNGKey(0), 10, init_params=z)
     np.testing.assert_allclose(state.z["theta_decentered"], np.full(10, 0.5), rtol=1e-6)
+
+
+# a Gaussian process with a fixed kernel and Normal noise: the posterior is Gaussian
+GP_X = np.linspace(0.0, 4.0, 5)
+GP_K = np.exp(-0.5 * (GP_X[:, None] - GP_X[None]) ** 2) + 1e-2 * np.eye(5)
+GP_Y = np.array([0.5, 1.0, -0.3, 0.2, 1.5])
+
+
+def gp(noise):
+    def model():
+        f = numpyro.sample("f", dist.MultivariateNormal(jnp.full(5, 0.3), GP_K))
+        numpyro.sample("y", dist.Normal(f, noise), obs=GP_Y)
+
+    return model
+
+
+@pytest.mark.parametrize("noise, expected", [(3.0, "noncentred"), (0.05, "centred")])
+def test_auto_coordinates_whiten_a_multivariate_normal_exactly(noise, expected):
+    # weak data: the pilot whitens f (f = loc + L z, z ~ N(0, I)); strong data: centred
+    kernel = S3HMC(gp(noise))
+    mcmc = MCMC(kernel, num_warmup=500, num_samples=2000, num_chains=2, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(3))
+    assert kernel.coordinates == {"f": expected}
+    s = mcmc.get_samples(group_by_chain=True)
+    assert "f_decentered" not in s
+    precision = np.linalg.inv(GP_K) + np.eye(5) / noise**2
+    cov = np.linalg.inv(precision)
+    mean = cov @ (np.linalg.solve(GP_K, np.full(5, 0.3)) + GP_Y / noise**2)
+    for i in (0, 2, 4):
+        assert_mean(s["f"][..., i], mean[i], f"f[{i}]")
+        assert_mean((s["f"][..., i] - mean[i]) ** 2, cov[i, i], f"var f[{i}]")
+
+
+def test_standardise_whitens_a_multivariate_normal():
+    from numpyro_s3hmc.partition import standardise
+
+    value = np.array([1.0, -0.5, 0.2, 0.8, 2.0])
+    white = standardise(gp(1.0), (), {}, {"f": jnp.asarray(value)}, ("f",))["f"]
+    expected = np.linalg.solve(np.linalg.cholesky(GP_K), value - 0.3)
+    np.testing.assert_allclose(white, expected, rtol=1e-5, atol=1e-5)
