@@ -34,9 +34,11 @@ Q = 0 for an output precision). Where c_l ≤ 0 the fallback adds α_l (1 for a
 non-Gamma site) instead of k_l, with a warning.
 """
 
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -257,6 +259,90 @@ def _child_rows(model, model_args, model_kwargs, z, row_sites, obs_names):
     return flat[0], flat[1]
 
 
+# --- the partition's derivatives, compiled ----------------------------------------
+# Evaluated op by op, each operation of the model compiled on its own: seconds per
+# kernel. Each program below is one compiled function of the point, its tangent and
+# the model's array arguments; its compilation is reused by every call with the same
+# model and shapes, new data included (jit_model_args=True recompiles nothing).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """A derivative of the factors' precisions (``what="rows"``) or means
+    (``"locs"``) at a point, θ flat over ``others`` (name, shape, dtype) and the
+    positive sites as a dict; ``site`` (a positive site's name, or the flat θ slice
+    (offset, size)) makes it a Jacobian in that block instead of a directional one."""
+
+    what: str
+    model: Callable
+    others: tuple
+    obs_names: tuple
+    site: object = None
+
+    def __call__(self, args, kwargs, x, zpos, *tangent):
+        _, unravel = ravel_pytree({k: jnp.zeros(shape, dtype) for k, shape, dtype in self.others})
+        names = tuple(k for k, _, _ in self.others)
+        values = _child_rows if self.what == "rows" else _locations
+
+        def f(x, zpos):
+            return values(self.model, args, kwargs, {**unravel(x), **zpos}, names, self.obs_names)
+
+        if self.site is None:  # (value, directional derivative along the tangent)
+            return jax.jvp(f, (x, zpos), tuple(tangent))
+        if isinstance(self.site, str):  # Jacobian in the positive site, flattened
+            shape = jnp.shape(zpos[self.site])
+            return jax.jacfwd(lambda v: f(x, {**zpos, self.site: jnp.reshape(v, shape)}))(
+                jnp.ravel(zpos[self.site])
+            )
+        offset, size = self.site  # Jacobian in a slice of θ
+        return jax.jacfwd(lambda v: f(jnp.concatenate([x[:offset], v, x[offset + size :]]), zpos))(
+            x[offset : offset + size]
+        )
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _compiled(program, static, data, *point):
+    args, kwargs = _rebuild(static, data)
+    return program(args, kwargs, *point)
+
+
+def _rebuild(static, data):
+    treedef, fixed = static
+    leaves, data = [], iter(data)
+    for i in range(treedef.num_leaves):
+        leaves.append(fixed[i] if i in fixed else next(data))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _evaluate(program: _Program, model_args, model_kwargs, *point):
+    """``program(model_args, model_kwargs, *point)``, compiled, the model's array
+    arguments passed as arguments; evaluated directly where the model needs them
+    concrete, an argument is neither an array nor hashable, or one is traced."""
+    leaves, treedef = jax.tree_util.tree_flatten((tuple(model_args), dict(model_kwargs)))
+    is_data = [isinstance(v, (np.ndarray, jax.Array)) for v in leaves]
+    fixed = _Fixed({i: v for i, (v, d) in enumerate(zip(leaves, is_data)) if not d})
+    data = tuple(v for v, d in zip(leaves, is_data) if d)
+    try:
+        hash((treedef, fixed))
+    except TypeError:
+        return program(model_args, model_kwargs, *point)
+    if any(isinstance(v, jax.core.Tracer) for v in data):
+        # traced arguments (NumPyro's Gibbs under pmap): a compiled call would make
+        # every output traced; directly, what does not depend on them stays concrete
+        return program(model_args, model_kwargs, *point)
+    try:
+        return _compiled(program, (treedef, fixed), data, *point)
+    except jax.errors.JAXTypeError:  # e.g. the model takes int() of an argument
+        return program(model_args, model_kwargs, *point)
+
+
+class _Fixed(dict):
+    """The non-array leaves of the model's arguments: hashable, compared by value."""
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+
 MAX_LOCATION_PARENTS = 1000  # beyond this the m × m Schur complement costs more than it buys
 
 
@@ -289,24 +375,25 @@ def _linear_means(model, model_args, model_kwargs, z0, others, obs_names, zpos0,
     nothing. Returns ``(rows, cols, coefficients)``, ``cols`` indexing the flat
     ``others``, or None when no row qualifies.
     """
-    x0, unravel = ravel_pytree({k: z0[k] for k in others})
+    x0, _ = ravel_pytree({k: z0[k] for k in others})
     if x0.size == 0 or not factor.any():
         return None
+    spec = tuple((k, tuple(np.shape(z0[k])), str(jnp.result_type(z0[k]))) for k in others)
+    program = _Program("locs", model, spec, tuple(obs_names))
 
-    def locs(x, zpos):
-        z = {**unravel(x), **zpos}
-        return _locations(model, model_args, model_kwargs, z, others, obs_names)
+    def dlocs(x, zpos, t):
+        no_tpos = {k: jnp.zeros_like(v) for k, v in zpos.items()}
+        return _evaluate(program, model_args, model_kwargs, x, zpos, t, no_tpos)[1]
 
     tangent = jnp.asarray(rng.normal(size=x0.shape), x0.dtype)
-    _, dm0 = jax.jvp(lambda x: locs(x, zpos0), (x0,), (tangent,))
-    dm0 = np.asarray(dm0)
+    dm0 = np.asarray(dlocs(x0, zpos0, tangent))
     if not (factor & (dm0 != 0)).any():
         return None
     x1 = jnp.asarray(rng.uniform(-1.0, 1.0, size=x0.shape), x0.dtype)
     zpos1 = {
         k: jnp.asarray(rng.uniform(-1.0, 1.0, size=np.shape(v)), v.dtype) for k, v in zpos0.items()
     }
-    _, dm1 = jax.jvp(lambda x: locs(x, zpos1), (x1,), (tangent,))
+    dm1 = dlocs(x1, zpos1, tangent)
     tol = 1e-4 if dm0.dtype == np.float32 else 1e-9
     linear = factor & (dm0 != 0) & (np.abs(dm0 - np.asarray(dm1)) <= tol * (1 + np.abs(dm0)))
     if not linear.any():
@@ -316,13 +403,10 @@ def _linear_means(model, model_args, model_kwargs, z0, others, obs_names, zpos0,
         size = int(np.size(z0[k]))
         t = np.zeros(x0.shape)
         t[offset : offset + size] = rng.normal(size=size)
-        _, dm = jax.jvp(lambda x: locs(x, zpos0), (x0,), (jnp.asarray(t, x0.dtype),))
+        dm = dlocs(x0, zpos0, jnp.asarray(t, x0.dtype))
         if (np.asarray(dm)[linear] != 0).any() and linear.size * size <= MAX_JACOBIAN:
-
-            def along(v, k=k, offset=offset, size=size):
-                return locs(jnp.concatenate([x0[:offset], v, x0[offset + size :]]), zpos0)
-
-            jac = np.asarray(jax.jacfwd(along)(x0[offset : offset + size]))
+            block = dataclasses.replace(program, site=(offset, size))
+            jac = np.asarray(_evaluate(block, model_args, model_kwargs, x0, zpos0))
             jac = np.where(linear[:, None], jac, 0.0)
             r, c = np.nonzero(jac)
             rows.append(r)
@@ -441,9 +525,7 @@ def noncentred_candidates(partition: SitePartition, model, model_args=(), model_
     """The θ sites :func:`noncentred` can re-parameterise: ``Normal`` sites whose every
     element is governed and whose scale depends on a hyperparameter, and
     ``MultivariateNormal`` sites (a latent Gaussian process: whitened, θ = loc + L z)."""
-    model_kwargs = {} if model_kwargs is None else model_kwargs
-    with numpyro.validation_enabled(False):  # a prior draw may be extreme; types matter
-        tr = trace(seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    tr = _abstract_trace(model, model_args, model_kwargs)
     out = []
     for k, info in partition.param_sites.items():
         fn = _reparam_base(tr[k]["fn"])
@@ -451,6 +533,20 @@ def noncentred_candidates(partition: SitePartition, model, model_args=(), model_
         if normal or isinstance(fn, dist.MultivariateNormal):
             out.append(k)
     return tuple(out)
+
+
+def _abstract_trace(model, model_args=(), model_kwargs=None) -> dict:
+    """The trace of one prior draw of ``model``, traced abstractly: its sites' names
+    and distributions' types, with no value computed (and nothing compiled)."""
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+    out = {}
+
+    def run():
+        with numpyro.validation_enabled(False):
+            out.update(trace(seed(model, 0)).get_trace(*model_args, **model_kwargs))
+
+    jax.eval_shape(run)
+    return out
 
 
 def _reparam_base(fn):
@@ -503,9 +599,7 @@ def decentred_names(model: Callable, sites, model_args=(), model_kwargs=None) ->
     ``random_flax_module``) NumPyro prefixes the new site once more, e.g.
     ``net/net/Dense_0.kernel_decentered`` for ``net/Dense_0.kernel``.
     """
-    model_kwargs = {} if model_kwargs is None else model_kwargs
-    with numpyro.validation_enabled(False):  # only the names matter
-        tr = trace(seed(noncentred(model, sites), 0)).get_trace(*model_args, **model_kwargs)
+    tr = _abstract_trace(noncentred(model, sites), model_args, model_kwargs)
     names = [k for k, v in tr.items() if v["type"] == "sample"]
     out = {}
     for k in sites:
@@ -605,7 +699,11 @@ def partition_sites(
     ('scale', 'HalfCauchy', 50, 100.0)
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
-    with jax.ensure_compile_time_eval():
+    # inside a trace (the kernel's init under pmap) every operation would be staged:
+    # evaluate it now instead. Only there: it also evaluates, and compiles, each
+    # operation on a constant inside the jitted derivatives below separately
+    inside = isinstance(jnp.zeros(()), jax.core.Tracer)
+    with jax.ensure_compile_time_eval() if inside else contextlib.nullcontext():
         return _partition(model, model_args, model_kwargs, hyper_sites, count_observations, seed)
 
 
@@ -737,14 +835,17 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
     # and of every observation, the possible Normal / StudentT children
     positive = tuple(sorted(k for k, s in latent.items() if _is_positive(s["fn"])))
     others = tuple(sorted(k for k in latent if k not in positive))
-    x0, unravel_x = ravel_pytree({k: z0[k] for k in others})
+    x0, _ = ravel_pytree({k: z0[k] for k in others})
+    spec = tuple((k, tuple(np.shape(z0[k])), str(jnp.result_type(z0[k]))) for k in others)
+    program = _Program("rows", model, spec, obs_names)
 
-    def rows(x, zpos):
-        z = {**unravel_x(x), **zpos}
-        return _child_rows(model, model_args, model_kwargs, z, others, obs_names)
+    def rows_jvp(x, zpos, tx, tpos):
+        return _evaluate(program, model_args, model_kwargs, x, zpos, tx, tpos)
 
     zpos0 = {k: jnp.asarray(z0[k]) for k in positive}
-    prec0, df0 = (np.asarray(a) for a in rows(x0, zpos0))
+    no_tpos = {k: jnp.zeros_like(v) for k, v in zpos0.items()}
+    (prec0, df0), _ = rows_jvp(x0, zpos0, jnp.zeros_like(x0), no_tpos)
+    prec0, df0 = np.asarray(prec0), np.asarray(df0)
     n_lat = int(sum(np.size(z0[k]) for k in others))
     supported = np.concatenate(
         [np.full(np.size(z0[k]), _child(latent[k]) is not None, bool) for k in others]
@@ -754,7 +855,7 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
     rng = np.random.default_rng(seed_value + 1)
     # one directional derivative along the non-positive sites: which rows depend on θ
     tangent = jnp.asarray(rng.normal(size=x0.shape), x0.dtype)
-    _, (dprec_dx, ddf_dx) = jax.jvp(lambda x: rows(x, zpos0), (x0,), (tangent,))
+    _, (dprec_dx, ddf_dx) = rows_jvp(x0, zpos0, tangent, no_tpos)
     valid = (
         supported
         & (np.asarray(dprec_dx) == 0)
@@ -767,13 +868,10 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
     jac = {}
     for k in positive:
         value = zpos0[k]
-
-        def along(v, k=k):
-            return rows(x0, {**zpos0, k: v})
-
         scalar = np.size(value) == 1  # then a unit tangent gives the Jacobian itself
         t = np.ones(np.shape(value)) if scalar else rng.normal(size=np.shape(value))
-        _, (dp, ddf) = jax.jvp(along, (value,), (jnp.asarray(t, jnp.result_type(value)),))
+        tpos = {**no_tpos, k: jnp.asarray(t, jnp.result_type(value))}
+        _, (dp, ddf) = rows_jvp(x0, zpos0, jnp.zeros_like(x0), tpos)
         dp, ddf = np.asarray(dp), np.asarray(ddf)
         if not (dp.any() or ddf.any()):
             jac[k] = None
@@ -782,9 +880,8 @@ def _partition(model, model_args, model_kwargs, hyper_sites, count_obs, seed_val
             jac[k] = dp[:, None], ddf[:, None]
             valid &= ddf == 0
             continue
-        jp, jdf = jax.jacfwd(lambda v, along=along: along(jnp.reshape(v, jnp.shape(value))))(
-            jnp.ravel(value)
-        )
+        block = dataclasses.replace(program, site=k)
+        jp, jdf = _evaluate(block, model_args, model_kwargs, x0, zpos0)
         jac[k] = np.asarray(jp), np.asarray(jdf)
         valid &= ~np.asarray(jdf).any(1)  # a df that depends on a site: not covered
 
