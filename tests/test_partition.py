@@ -163,3 +163,23 @@ def test_fallback_metric_warns():
     # Q = 0, α = 0.5: Q/2 + α − 1 < 0, fallback Q/2 + α
     assert float(p.hyper_sites["tau_y"].c) == 0.5
     assert p.hyper_sites["tau_y"].fallback.all()
+
+
+def test_a_model_that_needs_its_arguments_concrete():
+    # the partition's compiled derivatives take the data as arguments; a model that
+    # reads an argument's value (int(...)) is evaluated directly instead, with the
+    # same result (a location parent mu, a precision tau)
+    group = np.array([0, 1, 1, 2, 2, 2])
+
+    def model(group, y=None):
+        num_groups = int(group.max()) + 1
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+        with numpyro.plate("g", num_groups):
+            theta = numpyro.sample("theta", dist.Normal(mu, 1 / jnp.sqrt(tau)))
+        numpyro.sample("y", dist.Normal(theta[group], 1.0), obs=y)
+
+    p = partition_sites(model, (group,), {"y": np.linspace(-1.0, 1.0, 6)})
+    assert p.hyper == ("tau",) and p.params == ("mu", "theta")
+    assert int(p.hyper_sites["tau"].q) == 3
+    assert p.coupling is not None  # mu found as theta's location parent
