@@ -276,7 +276,9 @@ def run_s3hmc(data: dict, args):
         jitter=0.01,
     )
     mcmc = MCMC(
-        S3HMC(model, max_num_steps=args.max_num_steps),
+        # centred: non-centred, the default's static length leaves a BNN's weights
+        # mixing slowly (docs/design.md §3.2); these examples are measured centred
+        S3HMC(model, max_num_steps=args.max_num_steps, coordinates="centred"),
         num_warmup=args.num_warmup,
         num_samples=args.num_samples,
         num_chains=args.num_chains,

@@ -89,7 +89,9 @@ def run_inference(bnn, x, y, args, seed: int = 0):
         jitter=0.01,
     )
     mcmc = MCMC(
-        S3HMC(bnn),
+        # centred: non-centred, the default's static length leaves a BNN's weights
+        # mixing slowly (docs/design.md §3.2); these examples are measured centred
+        S3HMC(bnn, coordinates="centred"),
         num_warmup=args.num_warmup,
         num_samples=args.num_samples,
         num_chains=chains,
