@@ -41,6 +41,13 @@ after many compilations in one process), one after the other, and reports:
     python benchmarks/bnn_scale.py --sizes mlp-1k lenet-431k
     python benchmarks/bnn_scale.py --quick             # the two smallest, tiny repeats (the test)
     python benchmarks/bnn_scale.py --platform gpu      # the same on a GPU
+    python benchmarks/bnn_scale.py --sizes --throughput lenet-431k   # draws per second
+
+``--throughput`` then samples the named networks as a user would
+(:func:`throughput`): the digits, a MAP start, S3HMC's warmup and draws, one
+chain, and reports draws per second, gradients per draw and the test accuracy.
+``--write`` puts the tables in ``benchmarks/results.md``'s section for the
+platform (CPU or GPU).
 """
 
 from __future__ import annotations
@@ -58,8 +65,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-HEADING = "## BNN scale: cost per gradient from 10^3 to 4·10^5 parameters"
-START, END = "<!-- bnn-scale:start -->", "<!-- bnn-scale:end -->"
+HEADINGS = {
+    "cpu": "## BNN scale: cost per gradient from 10^3 to 4·10^5 parameters",
+    "gpu": "## BNN scale on a GPU",
+}
+MARKERS = {  # results.md's section for each platform
+    "cpu": ("<!-- bnn-scale:start -->", "<!-- bnn-scale:end -->"),
+    "gpu": ("<!-- bnn-scale-gpu:start -->", "<!-- bnn-scale-gpu:end -->"),
+}
 
 # name: (architecture, hidden sizes or None, input shape of one image)
 SIZES = {
@@ -143,13 +156,15 @@ def _loop_timer(fn, z, target_s: float, repeats: int) -> tuple[float, int]:
     return min(times) / n, n
 
 
-def _timed_mcmc(kernel, args, num_warmup, num_samples, grad_field, *, split=False):
+def _timed_mcmc(
+    kernel, args, num_warmup, num_samples, grad_field, *, split=False, init_params=None
+):
     """A fresh ``MCMC`` of ``kernel``: seconds compiling (``jax.monitoring``) and running.
 
     One ``MCMC.run`` (warmup and sampling in one compiled loop, as a user runs
     it), or with ``split`` ``MCMC.warmup`` then ``MCMC.run``, so that the sampling
     phase's execution time (``sampling (s)``, compile excluded) is known on its own.
-    ``grads`` counts the sampling phase's gradients.
+    ``grads`` counts the sampling phase's gradients. ``mcmc`` is the finished ``MCMC``.
     """
     import numpy as np
 
@@ -164,22 +179,23 @@ def _timed_mcmc(kernel, args, num_warmup, num_samples, grad_field, *, split=Fals
     with _compile_timer() as timer:
         t0 = time.time()
         if split:
-            mcmc.warmup(key, *args, collect_warmup=False)
+            mcmc.warmup(key, *args, init_params=init_params, collect_warmup=False)
             jax.block_until_ready(mcmc.post_warmup_state)
-            key = mcmc.post_warmup_state.rng_key
+            key, init_params = mcmc.post_warmup_state.rng_key, None
         t1 = time.time()
-        mcmc.run(key, *args, extra_fields=(grad_field,))
+        mcmc.run(key, *args, init_params=init_params, extra_fields=(grad_field, "diverging"))
         jax.block_until_ready((mcmc.last_state, mcmc.get_samples()))
         t2 = time.time()
     grads = float(np.sum(mcmc.get_extra_fields()[grad_field]))
     out = {
-        "last_state": mcmc.last_state,
+        "mcmc": mcmc,
         "compile (s)": timer.seconds(t0, t2),
         "wall (s)": t2 - t0,
         "executing (s)": (t2 - t0) - timer.seconds(t0, t2),
         "grads": grads,
         "draws": num_samples,
         "grads/draw": grads / num_samples,
+        "divergences": int(np.sum(mcmc.get_extra_fields()["diverging"])),
     }
     if split:
         out["sampling (s)"] = (t2 - t1) - timer.seconds(t1, t2)
@@ -306,8 +322,8 @@ def measure(name: str, cfg: dict) -> dict:
         _timed_mcmc(capped, args, cfg["num_warmup"], draws, "num_grad_evals")
         for draws in cfg["draws"]
     ]
-    last_state = runs[-1]["last_state"]
-    row["S3HMC runs"] = [{k: v for k, v in r.items() if k != "last_state"} for r in runs]
+    last_state = runs[-1]["mcmc"].last_state
+    row["S3HMC runs"] = [{k: v for k, v in r.items() if k != "mcmc"} for r in runs]
     row.update(_chain_cost(capped, last_state, args, cfg))
     row["peak RSS (MB)"] = _peak_rss_mb()
     row["RSS before the network (MB)"] = rss_before
@@ -322,21 +338,103 @@ def measure(name: str, cfg: dict) -> dict:
     row["NUTS estimate (s)"] = estimate
     if estimate <= cfg["nuts_budget"]:
         r = _timed_mcmc(NUTS(model), args, cfg["num_warmup"], draws, "num_steps", split=True)
-        del r["last_state"]
+        del r["mcmc"]
         row["NUTS"] = r
     else:
         row["NUTS"] = None
     row["NUTS (s)"] = time.perf_counter() - clock
     row["jax"] = jax.__version__
+    row["python"] = platform.python_version()
     row["device"] = str(jax.devices()[0].device_kind)
     return row
 
 
-def run_size(name: str, cfg: dict) -> dict:
-    """:func:`measure` in a fresh Python process."""
+def digits_for(image: tuple, seed: int = 0, train_fraction: float = 0.7):
+    """scikit-learn's 8×8 digits (pixels in [0, 1]) shaped for a network of
+    :data:`SIZES`: as they are for 64 inputs, else bilinearly upsampled to 28×28,
+    split at random into a training and a test set."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    import jax
+    import jax.numpy as jnp
+
+    digits = load_digits()
+    x = jnp.asarray(digits.images / 16.0, jnp.float32)  # (1797, 8, 8)
+    if math.prod(image) != 64:
+        x = jax.image.resize(x, (x.shape[0], 28, 28), "bilinear")
+    x = x.reshape(x.shape[0], *image)
+    y = jnp.asarray(digits.target, jnp.int32)
+    order = np.random.default_rng(seed).permutation(x.shape[0])
+    n_train = int(round(train_fraction * x.shape[0]))
+    train, test = order[:n_train], order[n_train:]
+    return x[train], y[train], x[test], y[test]
+
+
+def throughput(name: str, cfg: dict) -> dict:
+    """S3HMC sampling the network ``name`` on real images, as a user runs it: draws
+    per second.
+
+    The digits (:func:`digits_for`), a MAP start (:func:`numpyro_s3hmc.bnn.map_init`,
+    ``--map-steps`` Adam steps), then ``MCMC.warmup`` and ``MCMC.run`` of S3HMC
+    centred as the BNN examples run it, with no cap on its trajectories but the
+    kernel's default, one chain. Reports the sampling phase's draws per second,
+    gradients per draw and seconds per gradient (compilation excluded), the
+    compile time, the warmup's seconds, the test accuracy of the posterior
+    predictive and the precisions' largest split R-hat (one chain).
+    """
+    import numpy as np
+
+    import jax
+
+    from numpyro.diagnostics import split_gelman_rubin
+
+    from numpyro_s3hmc import S3HMC
+    from numpyro_s3hmc.bnn import hierarchical_bnn, map_init, predict
+
+    arch, hidden, image = SIZES[name]
+    x, y, x_test, y_test = digits_for(image)
+    model = hierarchical_bnn(build_module(arch, hidden), (1, *image), likelihood="classification")
+    t0 = time.perf_counter()
+    z0 = map_init(model, x, y, num_steps=cfg["map_steps"])
+    jax.block_until_ready(z0)
+    map_s = time.perf_counter() - t0
+    kernel = S3HMC(model, coordinates="centred")  # as examples/bnn_*.py run a BNN
+    w, d = cfg["throughput_warmup"], cfg["throughput_draws"]
+    r = _timed_mcmc(kernel, (x, y), w, d, "num_grad_evals", split=True, init_params=z0)
+    mcmc = r.pop("mcmc")
+    samples = mcmc.get_samples()
+    probs = np.asarray(predict(model, samples, x_test)["probs"]).mean(0)
+    # one chain: its split R-hat (numpyro's ESS of one antithetic chain can come out
+    # negative; ArviZ is not needed elsewhere in this script)
+    rhat = [float(split_gelman_rubin(np.asarray(samples[s])[None])) for s in model.precision_sites]
+    return {
+        "network": name,
+        "throughput": True,
+        "θ": sum(
+            math.prod(v.shape[1:]) for k, v in samples.items() if k not in model.precision_sites
+        ),
+        "N train": int(x.shape[0]),
+        "N test": int(x_test.shape[0]),
+        "MAP (s)": map_s,
+        "warmup": w,
+        **r,
+        "draws/s": d / r["sampling (s)"],
+        "warmup (s)": r["wall (s)"] - r["sampling (s)"] - r["compile (s)"],
+        "test accuracy": float(np.mean(probs.argmax(-1) == np.asarray(y_test))),
+        "precisions max split R-hat": max(rhat),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "device": str(jax.devices()[0].device_kind),
+    }
+
+
+def run_size(name: str, cfg: dict, child: str = "--child") -> dict:
+    """:func:`measure` (``child="--throughput-child"``: :func:`throughput`) in a
+    fresh Python process."""
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cuda" if cfg["platform"] == "gpu" else "cpu"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, json.dumps(cfg)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), child, name, json.dumps(cfg)]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -460,36 +558,71 @@ def findings(rows: list[dict], cfg: dict) -> str:
     return "\n".join(lines)
 
 
+def throughput_table(rows: list[dict]) -> str:
+    """The markdown table of :func:`throughput`'s rows."""
+    lines = [
+        "| network | θ | N train | MAP start | compile | warmup | draws | grads/draw | "
+        "per gradient | draws/s | divergences | test accuracy | precisions' split R-hat |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['θ']:,} | {r['N train']} | {_time(r['MAP (s)'])} | "
+            f"{_time(r['compile (s)'])} | {r['warmup']} in {_time(r['warmup (s)'])} | "
+            f"{r['draws']} | {_g(r['grads/draw'])} | {_time(r['s/grad'])} | "
+            f"{_g(r['draws/s'])} | {r['divergences']} | {r['test accuracy']:.3f} | "
+            f"{r['precisions max split R-hat']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def section(rows: list[dict], cfg: dict, command: str) -> str:
+    scale = sorted((r for r in rows if not r.get("throughput")), key=lambda r: r["θ"])
+    runs = [r for r in rows if r.get("throughput")]
     machine = "2-core CPU" if cfg["platform"] == "cpu" else rows[0]["device"]
     date = datetime.date.today().isoformat()
-    w, (d1, d2) = cfg["num_warmup"], cfg["draws"]
-    head = (
-        f"`{command}`, {date}, {machine}, jax {rows[0]['jax']}, Python "
-        f"{platform.python_version()}, float32, synthetic inputs ({rows[0]['N']} standard-normal "
-        "images, uniform labels over 10 classes; the numbers are costs). Each network in its own "
-        "process. `one gradient` and `step / gradients`: jitted `lax.fori_loop`s as in "
-        f"`benchmarks/overhead.py`, fastest of {cfg['repeats']} calls. `compile`: what JAX "
-        "reports tracing, lowering and compiling during one `MCMC.run` of S3HMC's defaults with "
-        f"trajectories capped at {cfg['max_steps']} steps, {w} warmup + {d1} or {d2} draws, a "
-        "fresh `MCMC` and kernel each, after the loops above compiled in the same process. "
-        "`in a chain`: S3HMC's sampling-phase transitions from the end of that run (momenta, "
-        "trajectory, Metropolis test) in a jitted loop, per gradient. "
-        "NUTS: NumPyro's defaults, the same warmup and draws, sampling phase; skipped where the "
-        f"gradient time predicts more than {_g(cfg['nuts_budget'], 2)} s at "
-        f"{NUTS_GRADS_PER_DRAW} gradients a draw."
-    )
-    return "\n".join([head, "", tables(rows, cfg), "", findings(rows, cfg)])
+    python = rows[0].get("python", platform.python_version())
+    parts = [f"`{command}`, {date}, {machine}, jax {rows[0]['jax']}, Python {python}, float32."]
+    if scale:
+        w, (d1, d2) = cfg["num_warmup"], cfg["draws"]
+        head = (
+            f"Costs: synthetic inputs ({scale[0]['N']} standard-normal "
+            "images, uniform labels over 10 classes). Each network in its own "
+            "process. `one gradient` and `step / gradients`: jitted `lax.fori_loop`s as in "
+            f"`benchmarks/overhead.py`, fastest of {cfg['repeats']} calls. `compile`: what JAX "
+            "reports tracing, lowering and compiling during one `MCMC.run` of S3HMC's defaults "
+            f"with trajectories capped at {cfg['max_steps']} steps, {w} warmup + {d1} or {d2} "
+            "draws, a fresh `MCMC` and kernel each, after the loops above compiled in the same "
+            "process. `in a chain`: S3HMC's sampling-phase transitions from the end of that run "
+            "(momenta, trajectory, Metropolis test) in a jitted loop, per gradient. "
+            "NUTS: NumPyro's defaults, the same warmup and draws, sampling phase; skipped where "
+            f"the gradient time predicts more than {_g(cfg['nuts_budget'], 2)} s at "
+            f"{NUTS_GRADS_PER_DRAW} gradients a draw."
+        )
+        parts += [head, tables(scale, cfg), findings(scale, cfg)]
+    if runs:
+        parts += [
+            "Sampling as a user runs it (`--throughput`): scikit-learn's digits, 28×28 "
+            "(bilinearly upsampled) for the 784-input networks, a 70% training split, a MAP "
+            "start, S3HMC centred (as the BNN examples run it) with its default trajectory "
+            "cap, one chain; `draws/s`, `grads/draw` and `per gradient` are the sampling "
+            "phase's, compilation excluded; the accuracy is the posterior predictive's on the "
+            "other 30%; R-hat is the largest split R-hat of the precisions on the one chain.",
+            throughput_table(runs),
+        ]
+    return "\n\n".join(parts)
 
 
-def write_results(text: str, path: Path = HERE / "results.md") -> None:
-    """Put ``text`` between the BNN-scale markers of ``path``, adding the section once."""
+def write_results(text: str, path: Path = HERE / "results.md", where: str = "cpu") -> None:
+    """Put ``text`` between the BNN-scale markers of ``path`` for the platform
+    ``where``, adding the section once."""
     old = path.read_text()
-    block = f"{START}\n{text}\n{END}"
-    if START in old:
-        new = old[: old.index(START)] + block + old[old.index(END) + len(END) :]
+    start, end = MARKERS[where]
+    block = f"{start}\n{text}\n{end}"
+    if start in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
-        new = old.rstrip("\n") + f"\n\n{HEADING}\n\n" + block + "\n"
+        new = old.rstrip("\n") + f"\n\n{HEADINGS[where]}\n\n" + block + "\n"
     path.write_text(new)
 
 
@@ -507,16 +640,20 @@ def config(args: argparse.Namespace) -> dict:
         "num_warmup": 2 if quick else args.num_warmup,
         "draws": [2, 4] if quick else list(args.draws),
         "nuts_budget": 10.0 if quick else args.nuts_budget,
+        "map_steps": 20 if quick else args.map_steps,
+        "throughput_warmup": 4 if quick else args.throughput_warmup,
+        "throughput_draws": 4 if quick else args.throughput_draws,
     }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        print(json.dumps(measure(argv[1], json.loads(argv[2]))))
+    if argv[:1] in (["--child"], ["--throughput-child"]):
+        child = measure if argv[0] == "--child" else throughput
+        print(json.dumps(child(argv[1], json.loads(argv[2]))))
         return []
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
+    parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=None)
     parser.add_argument("--quick", action="store_true", help="the two smallest, tiny repeats")
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--num-data", type=int, default=256, help="images in the batch")
@@ -527,6 +664,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--num-warmup", type=int, default=5)
     parser.add_argument("--draws", type=int, nargs=2, default=(10, 30))
     parser.add_argument("--nuts-budget", type=float, default=120.0, help="seconds")
+    parser.add_argument(
+        "--throughput",
+        nargs="*",
+        choices=list(SIZES),
+        default=[],
+        help="then sample these networks on the digits as a user would: draws per second",
+    )
+    parser.add_argument("--map-steps", type=int, default=1000)
+    parser.add_argument("--throughput-warmup", type=int, default=200)
+    parser.add_argument("--throughput-draws", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--write", action="store_true", help="update benchmarks/results.md")
     parser.add_argument(
@@ -535,11 +682,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     cfg = config(args)
     sizes = args.sizes or (list(QUICK) if args.quick else list(SIZES))
+    if args.sizes == []:
+        sizes = []  # "--sizes" with no name: no cost rows (e.g. with --throughput)
     rows = []
     for path in args.from_json or []:
-        rows += [r for r in json.loads(path.read_text()) if not args.sizes or r["network"] in sizes]
-    for name in [] if args.from_json else sizes:
-        rows.append(run_size(name, cfg))
+        rows += [
+            r
+            for r in json.loads(path.read_text())
+            if not args.sizes or r["network"] in sizes or r.get("throughput")
+        ]
+    todo = [] if args.from_json else [(n, "--child") for n in sizes]
+    todo += [] if args.from_json else [(n, "--throughput-child") for n in args.throughput]
+    for name, child in todo:
+        rows.append(run_size(name, cfg, child))
         print(f"{name}: {rows[-1]['process (s)']:.0f} s", file=sys.stderr, flush=True)
         if args.json:  # after every size, so that an interrupted run keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
@@ -547,7 +702,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     text = section(rows, cfg, command.strip())
     print(text)
     if args.write:
-        write_results(text)
+        write_results(text, where=cfg["platform"])
     return rows
 
 
