@@ -268,7 +268,7 @@ def measure(name: str, cfg: dict) -> dict:
     args = (x, y)
     # the semi-separable sampler's cost, so centred: coordinates="auto" may non-centre
     # the layers, where every precision is a plain parameter and the step plain HMC's
-    kernel = S3HMC(model, coordinates="centred")
+    kernel = S3HMC(model, coordinates="centred", trajectory="static")
     state = kernel.init(jax.random.PRNGKey(0), 0, None, args, {})
     theta, eta = split_z(state.z, kernel.partition)
     row = {"network": name, "θ": int(theta.size), "η": int(eta.size), "N": n}
@@ -317,7 +317,9 @@ def measure(name: str, cfg: dict) -> dict:
 
     row["loops (s)"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    capped = S3HMC(model, max_num_steps=cfg["max_steps"], coordinates="centred")
+    capped = S3HMC(
+        model, max_num_steps=cfg["max_steps"], coordinates="centred", trajectory="static"
+    )
     runs = [
         _timed_mcmc(capped, args, cfg["num_warmup"], draws, "num_grad_evals")
         for draws in cfg["draws"]
@@ -399,7 +401,7 @@ def throughput(name: str, cfg: dict) -> dict:
     z0 = map_init(model, x, y, num_steps=cfg["map_steps"])
     jax.block_until_ready(z0)
     map_s = time.perf_counter() - t0
-    kernel = S3HMC(model, coordinates="centred")  # as examples/bnn_*.py run a BNN
+    kernel = S3HMC(model, coordinates="centred", trajectory="static")  # as examples/bnn_*.py
     w, d = cfg["throughput_warmup"], cfg["throughput_draws"]
     r = _timed_mcmc(kernel, (x, y), w, d, "num_grad_evals", split=True, init_params=z0)
     mcmc = r.pop("mcmc")

@@ -117,8 +117,10 @@ def kernels(name):
     model = model_of(name)
     return {
         "S3HMC": S3HMC(model),
-        "S3HMC centred": S3HMC(model, coordinates="centred"),
-        "S3HMC diagonal": S3HMC(model, coupled_metric=False, coordinates="centred"),
+        "S3HMC centred": S3HMC(model, coordinates="centred", trajectory="static"),
+        "S3HMC diagonal": S3HMC(
+            model, coupled_metric=False, coordinates="centred", trajectory="static"
+        ),
         "NUTS centred": NUTS(model),
         "NUTS + LocScaleReparam(0)": NUTS(
             numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)})

@@ -18,8 +18,8 @@ Models (written centred, as a user writes them):
   Cholesky factor; scored on every latent.
 
 Samplers, same key and budget: S3HMC in centred coordinates with ``trajectory="static"``
-and with ``trajectory="nuts"``, and S3HMC's defaults (``coordinates="auto"``, static
-length; its pilot's gradients are counted in warmup's); NumPyro NUTS on the centred model and on the non-centred one
+and with ``trajectory="nuts"``, and S3HMC's defaults (``coordinates="auto"``,
+``trajectory="auto"``; the pilot's gradients are counted in warmup's); NumPyro NUTS on the centred model and on the non-centred one
 (the hand-written non-centred network, or ``LocScaleReparam(0)``). Scores: the smallest
 bulk ESS over the scored quantities per 1,000 sampling-phase gradients, the worst
 split R-hat, divergences, and gradients per draw in warmup and in sampling, counted
@@ -140,6 +140,8 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
         k = kernel(sampler, centred, noncentred)
         grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
         fields = (grad_field, "diverging")
+        if sampler == "S3HMC auto":
+            fields += ("metric_state.use_tree",)  # each chain's choice of scheme
         mcmc = MCMC(
             k,
             num_warmup=num_warmup,
@@ -163,6 +165,11 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
             v = v.reshape(v.shape[0], v.shape[1], -1)
             ess.append(effective_sample_size(v).min())
             rhat.append(np.nanmax(split_gelman_rubin(v)))
+        # every element too (a BNN's weights), unscored: the table keeps the scored ones
+        every = [
+            effective_sample_size(np.asarray(v, np.float64).reshape(*v.shape[:2], -1)).min()
+            for v in draws.values()
+        ]
         grads = float(np.sum(extra[grad_field]))
         draws_total = num_chains * num_samples
         # coordinates="auto" runs a pilot before warmup: its gradients are warmup's
@@ -174,7 +181,10 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
             "grads_per_draw": grads / draws_total,
             "warmup_grads_per_draw": warm_grads / (num_chains * num_warmup),
             "seconds": seconds,
+            "every_element_ess_per_1k": float(1000 * min(every) / grads),
         }
+        if "metric_state.use_tree" in extra:
+            out[sampler]["chains_on_the_tree"] = int(np.sum(extra["metric_state.use_tree"][:, -1]))
     return out
 
 
@@ -242,6 +252,22 @@ def markdown(cells, models, seeds, command) -> str:
             " log against log D:",
             "",
             *slopes,
+        ]
+    chosen = []
+    for name in models:
+        rows = cells.get((name, "S3HMC auto")) or []
+        if rows and all("chains_on_the_tree" in r for r in rows):
+            trees = "/".join(str(r["chains_on_the_tree"]) for r in rows)
+            every = statistics.median(r["every_element_ess_per_1k"] for r in rows)
+            chosen.append(f"- {name}: {trees} of 4 chains; every element {every:.3g}")
+    if chosen:
+        lines += [
+            "",
+            'S3HMC auto (`trajectory="auto"`): the chains that chose the no-U-turn tree,'
+            " per seed, and the median smallest bulk ESS over every latent element per 1,000"
+            " gradients (where recorded):",
+            "",
+            *chosen,
         ]
     lines += ["", "Command:", "", f"    {command}"]
     return "\n".join(lines)

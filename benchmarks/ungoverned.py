@@ -89,7 +89,10 @@ def kernels(name):
     model = model_of(name)
     # centred: by default the GP's values would be whitened (a candidate for the
     # coordinates pilot) and this would not measure their mass
-    out = {f"S3HMC {m}": S3HMC(model, ungoverned_mass=m, coordinates="centred") for m in MASSES}
+    out = {
+        f"S3HMC {m}": S3HMC(model, ungoverned_mass=m, coordinates="centred", trajectory="static")
+        for m in MASSES
+    }
     out["NUTS"] = NUTS(model)
     return out
 

@@ -276,9 +276,15 @@ def run_s3hmc(data: dict, args):
         jitter=0.01,
     )
     mcmc = MCMC(
-        # centred: non-centred, the default's static length leaves a BNN's weights
-        # mixing slowly (docs/design.md §3.2); these examples are measured centred
-        S3HMC(model, max_num_steps=args.max_num_steps, coordinates="centred"),
+        # centred and static: the numbers these examples document were measured so
+        # (the defaults non-centre the layers and choose the trajectory in warmup,
+        # docs/design.md §3.2 and §6.2)
+        S3HMC(
+            model,
+            max_num_steps=args.max_num_steps,
+            coordinates="centred",
+            trajectory="static",
+        ),
         num_warmup=args.num_warmup,
         num_samples=args.num_samples,
         num_chains=args.num_chains,

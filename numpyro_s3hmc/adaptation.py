@@ -53,6 +53,12 @@ class MetricAdaptState(NamedTuple):
     fisher_sq_mean: Array  # shape=(n_params,), mean of (∂U/∂θ)⁴, for its standard error
     count: Array  # shape=(), dtype=int32, draws in the two means
     trajectory_length: Array  # shape=(), integration time of the next trajectories
+    # trajectory="auto": the scheme chosen (True: the no-U-turn tree), and per scheme
+    # (static, tree) the trial window's squared jumps per coordinate of (θ, η), in
+    # posterior variances, and the gradients they cost
+    use_tree: Array  # shape=(), dtype=bool
+    jumps: Array  # shape=(2, n_params + n_hyper)
+    jump_grads: Array  # shape=(2,)
 
 
 def metric_adapter(
@@ -67,6 +73,7 @@ def metric_adapter(
     target_accept_prob: float = 0.8,
     parents: Array | None = None,
     ungoverned_mass: str = "fisher",
+    use_tree: bool = False,
 ):
     """Return ``(init_fn, update_fn)`` for the step size, θ metric and path length.
 
@@ -108,8 +115,18 @@ def metric_adapter(
         zeros = jnp.zeros_like(data_precision)
         length = jnp.asarray(trajectory_length, data_precision.dtype)
         ones = jnp.ones_like(data_precision)
+        jumps = jnp.zeros((2, max(size, 1)), data_precision.dtype)
         return wa_state, MetricAdaptState(
-            data_precision, ones, zeros, zeros, zeros, jnp.int32(0), length
+            data_precision,
+            ones,
+            zeros,
+            zeros,
+            zeros,
+            jnp.int32(0),
+            length,
+            jnp.bool_(use_tree),
+            jumps,
+            jnp.zeros(2, data_precision.dtype),
         )
 
     def _ungoverned(fisher, var_theta):
@@ -158,7 +175,7 @@ def metric_adapter(
         if adapt_trajectory_length:
             length = jnp.where(closed, _trajectory_length(var_eta, c, d.dtype), length)
         zeros = jnp.zeros_like(metric_state.precision_mean)
-        metric_state = MetricAdaptState(
+        metric_state = metric_state._replace(
             data_precision=jnp.where(closed, d, metric_state.data_precision),
             prior_scale=jnp.where(closed, scale, metric_state.prior_scale),
             precision_mean=jnp.where(closed, zeros, metric_state.precision_mean),
@@ -195,6 +212,53 @@ def _trajectory_length(var_eta, c, dtype):
     multimodal, as BNN weights are)."""
     scales = jnp.concatenate([jnp.ones(1, dtype), var_eta * c.astype(dtype)])
     return jnp.pi * jnp.sqrt(jnp.max(scales))
+
+
+MIN_TRIAL = 100  # transitions in trajectory="auto"'s trial, half of them each scheme's
+
+
+def trial_window(num_warmup: int) -> tuple[int, int] | None:
+    """The warmup iterations (first, last) in which ``trajectory="auto"`` tries both
+    schemes: the first half of the last of NumPyro's slow windows. Its metric is
+    the nearest to the final one that a window of iterations sees (earlier, the
+    step size and the metric's scale are far from theirs at the end, and the two
+    schemes compare differently), and the chosen scheme keeps the second half and
+    the final buffer to adapt the step size to itself; ``None`` where that half
+    holds fewer than :data:`MIN_TRIAL` transitions (below 400 warmup iterations):
+    too few jumps to compare, and the static length is kept."""
+    slow = build_adaptation_schedule(num_warmup)[1:-1] if num_warmup > 0 else []
+    if not slow:
+        return None
+    first, last = slow[-1]
+    end = first + (last - first) // 2
+    return (int(first), int(end)) if end - first + 1 >= MIN_TRIAL else None
+
+
+def record_jump(metric_state, tree, start, end, variance, grads, on):
+    """Add one transition's squared jump ``(end − start)² / variance`` per
+    coordinate, and its gradients, to the sums of its scheme (``tree``: the
+    no-U-turn tree, else the static length), where ``on``."""
+    jump = jnp.where(on, (end - start) ** 2 / variance, 0.0).astype(metric_state.jumps.dtype)
+    row = jnp.asarray(tree, jnp.int32)
+    return metric_state._replace(
+        jumps=metric_state.jumps.at[row].add(jump),
+        jump_grads=metric_state.jump_grads.at[row].add(jnp.where(on, grads, 0)),
+    )
+
+
+def prefer_tree(metric_state, num_params: int) -> Array:
+    """Whether the tree's trial beat the static length's, by the expected squared
+    jump per gradient of the slowest-moving coordinates: the smallest over η and the
+    10% quantile over θ (a BNN's slow weights are many; one θ element's estimate is
+    too noisy to be the minimum), the smaller of the two (docs/design.md §6)."""
+    rate = metric_state.jumps / jnp.maximum(metric_state.jump_grads, 1.0)[:, None]
+    worst = []
+    if num_params > 0:
+        worst.append(jnp.quantile(rate[:, :num_params], 0.1, axis=1))
+    if rate.shape[1] > num_params:
+        worst.append(jnp.min(rate[:, num_params:], axis=1))
+    score = jnp.min(jnp.stack(worst), axis=0)
+    return score[1] > score[0]
 
 
 def restart_step_size(wa_state, step_size: Array):

@@ -20,7 +20,14 @@ from numpyro.util import identity, is_prng_key
 
 from numpyro_s3hmc import trajectory as trajectories
 from numpyro_s3hmc._types import Array, PRNGKey
-from numpyro_s3hmc.adaptation import MetricAdaptState, metric_adapter, restart_step_size
+from numpyro_s3hmc.adaptation import (
+    MetricAdaptState,
+    metric_adapter,
+    prefer_tree,
+    record_jump,
+    restart_step_size,
+    trial_window,
+)
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
 from numpyro_s3hmc.metrics import (
     SemiSeparableMetric,
@@ -198,20 +205,33 @@ class S3HMC(MCMCKernel):
         deviation in the metric's units (see :mod:`numpyro_s3hmc.adaptation`),
         starting from 2π.
     num_steps : a fixed number of steps instead (no jitter).
-    max_num_steps : cap on the number of steps of one trajectory.
-    trajectory : ``"static"`` (default): the jittered length above, one
+    max_num_steps : cap on the number of steps of one static trajectory (a tree's is
+        2^max_tree_depth − 1).
+    trajectory : ``"auto"`` (default): each chain chooses between the two schemes
+        below in warmup. In the first half of NumPyro's last slow warmup window its
+        transitions alternate between them, and at the half's end it keeps the one
+        whose expected squared jump per gradient (per coordinate, in posterior
+        variances) is larger on its slowest coordinates: the least over η and the 10%
+        quantile over θ (:func:`~numpyro_s3hmc.adaptation.prefer_tree`). The choice
+        is ``state.metric_state.use_tree`` (and in the progress bar); vectorized
+        chains follow their majority. With fewer than 400 warmup iterations (a
+        trial shorter than 100 transitions) it is the static length. Measured (docs/design.md §6.2): the
+        static length on funnels, eight schools, BNN diabetes and the demo, the tree
+        on the BNN sine, whose weights the static length left unconverged; the tree
+        costs about 20% more compilation.
+        ``"static"``: the jittered length above, one
         Metropolis-Hastings test of its end point; where the hyperparameters are
         the slow variables its end points are near-antithetic in them.
         ``"nuts"``: a multinomial no-U-turn tree over the same integrator with the
         Riemannian criterion (:mod:`numpyro_s3hmc.trajectory`), of at most
         2^max_tree_depth steps; ``trajectory_length`` and ``num_steps`` are then
         unused. The static length is 3-6× the tree on funnels, eight schools and a
-        latent GP and tied with it on a BNN (benchmarks/results.md). In the opening
+        latent GP (benchmarks/results.md). In the opening
         warmup window (NumPyro's initial buffer) the static length draws its state
         along the trajectory in proportion to exp(−H), unless ``num_steps`` is
         given: it moves a chain that starts far above the bulk, where the end point
         is rejected while the step size collapses (docs/design.md §6).
-    max_tree_depth : the tree's cap when ``trajectory="nuts"``.
+    max_tree_depth : the tree's cap when ``trajectory="nuts"`` or ``"auto"``.
     param_metric : ``"prior*fisher"`` (default: the prior precision scaled to the
         posterior's mean curvature), ``"prior+fisher"``, ``"prior+variance"`` (a
         constant added to it) or ``"prior"`` (the paper's): how G_θ is adapted,
@@ -279,7 +299,7 @@ class S3HMC(MCMCKernel):
         trajectory_length: float | None = None,
         num_steps: int | None = None,
         max_num_steps: int = 512,
-        trajectory: str = "static",
+        trajectory: str = "auto",
         max_tree_depth: int = 10,
         param_metric: str = "prior*fisher",
         coupled_metric: bool = True,
@@ -294,8 +314,10 @@ class S3HMC(MCMCKernel):
             raise ValueError("S3HMC needs a NumPyro model (a callable).")
         if integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}.")
-        if trajectory not in TRAJECTORIES:
-            raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}.")
+        if trajectory not in (*TRAJECTORIES, "auto"):
+            raise ValueError(
+                f"trajectory must be one of {(*TRAJECTORIES, 'auto')}, got {trajectory!r}."
+            )
         if max_tree_depth < 1:
             raise ValueError("max_tree_depth must be a positive integer.")
         if num_steps is not None and num_steps < 1:
@@ -363,7 +385,13 @@ class S3HMC(MCMCKernel):
         return self._partition
 
     def get_diagnostics_str(self, state):
-        return f"{state.num_integrator_steps} steps of size {state.adapt_state.step_size:.2e}. acc. prob={state.mean_accept_prob:.2f}"
+        scheme = ""
+        if self._trajectory == "auto":
+            scheme = "tree, " if state.metric_state.use_tree else "static, "
+        return (
+            f"{scheme}{state.num_integrator_steps} steps of size "
+            f"{state.adapt_state.step_size:.2e}. acc. prob={state.mean_accept_prob:.2f}"
+        )
 
     def postprocess_fn(self, model_args, model_kwargs):
         if self._postprocess_fn is None:
@@ -480,7 +508,10 @@ class S3HMC(MCMCKernel):
             target_accept_prob=self._target_accept_prob,
             parents=parents,
             ungoverned_mass=self._ungoverned_mass,
+            use_tree=self._trajectory == "nuts",
         )
+        # trajectory="auto": the warmup window in which both schemes are tried
+        self._trial = trial_window(num_warmup) if self._trajectory == "auto" else None
         # in the opening warmup window (NumPyro's initial buffer) trajectory="static"
         # draws its state along the trajectory in proportion to exp(-H) instead of
         # testing the end point: from a start in a stiff tail far above the bulk the
@@ -553,6 +584,8 @@ class S3HMC(MCMCKernel):
             return chosen, init_params
         pilot = copy.copy(self)
         pilot._coordinates, pilot._noncentred_sites = "centred", ()
+        if pilot._trajectory == "auto":  # its statistic needs no tree, and compiles faster
+            pilot._trajectory = "static"
         # a quarter of warmup, 50 to 200 iterations, but never longer than warmup itself
         # (at least 10): a short test run is not tripled by its pilot
         steps = min(int(np.clip(num_warmup // 4, 50, 200)), max(num_warmup, 10))
@@ -654,7 +687,9 @@ class S3HMC(MCMCKernel):
         n = jnp.ceil(trajectory_length * u / step_size)
         return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
 
-    def _sample_chain(self, state, model_args, model_kwargs):
+    def _sample_chain(self, state, model_args, model_kwargs, use_tree=None):
+        """One transition; ``use_tree`` (``trajectory="auto"``) overrides the
+        state's choice of scheme (the vote of vectorized chains)."""
         partition = self._partition
         theta, eta = split_z(state.z, partition)
         g_theta, g_eta = split_z(state.z_grad, partition)
@@ -690,14 +725,45 @@ class S3HMC(MCMCKernel):
             grads_per_step=grads_per_step,
             max_tree_depth=self._max_tree_depth,
         )
-        if self._trajectory == "static" and self._tree_until > 0 and self._num_steps is None:
+        metric_state = state.metric_state
+        use_tree = metric_state.use_tree if use_tree is None else use_tree
+        opening = self._trajectory != "nuts" and self._tree_until > 0 and self._num_steps is None
+        trial = self._trial
+        if trial is not None:  # trajectory="auto"
+            # the trial window alternates the two schemes; then the one chosen
+            in_trial = (state.i >= trial[0]) & (state.i <= trial[1])
+            tree = jnp.where(in_trial, state.i % 2 == 1, use_tree)
+            index = jnp.where(tree, 2, 1)
+            if opening:
+                index = jnp.where(state.i < self._tree_until, 0, index)
+            new, info = jax.lax.switch(
+                index,
+                [partial(transition, trajectory=t) for t in ("multinomial", "static", "nuts")],
+            )
+            metric_state = record_jump(
+                metric_state,
+                tree,
+                jnp.concatenate([theta, eta]),
+                jnp.concatenate([new.theta, new.eta]),
+                adapt_state.inverse_mass_matrix,
+                info.num_grad_evals,
+                in_trial,
+            )
+            choose = state.i == trial[1]
+            metric_state = metric_state._replace(
+                use_tree=jnp.where(
+                    choose, prefer_tree(metric_state, theta.size), metric_state.use_tree
+                )
+            )
+        elif self._trajectory == "static" and opening:
             new, info = jax.lax.cond(
                 state.i < self._tree_until,
                 partial(transition, trajectory="multinomial"),
                 partial(transition, trajectory="static"),
             )
         else:
-            new, info = transition(trajectory=self._trajectory)
+            scheme = "static" if self._trajectory == "auto" else self._trajectory
+            new, info = transition(trajectory=scheme)
 
         def adapt(args):
             wa_state, metric_state = args
@@ -715,7 +781,7 @@ class S3HMC(MCMCKernel):
             state.i < self._num_warmup,
             adapt,
             identity,
-            (adapt_state, state.metric_state),
+            (adapt_state, metric_state),
         )
         itr = state.i + 1
         n = jnp.where(state.i < self._num_warmup, itr, itr - self._num_warmup)
@@ -742,9 +808,12 @@ class S3HMC(MCMCKernel):
         unbatched number, so the warmup/sampling branches stay real branches under
         ``vmap`` instead of both being computed."""
         i = state.i[0]
+        # trajectory="auto": the chains' majority choice, unbatched as i is, so that the
+        # schemes stay real branches too
+        use_tree = jnp.mean(state.metric_state.use_tree) > 0.5
 
         def one(s):
-            return self._sample_chain(s._replace(i=i), model_args, model_kwargs)
+            return self._sample_chain(s._replace(i=i), model_args, model_kwargs, use_tree)
 
         return jax.vmap(one)(state)
 

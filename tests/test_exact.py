@@ -56,8 +56,10 @@ def funnel():
     numpyro.sample("x", dist.Normal(0.0, 1.0 / jnp.sqrt(tau)).expand([D]))
 
 
-@pytest.mark.parametrize("trajectory", ["static", "nuts"])
-@pytest.mark.parametrize("integrator", INTEGRATORS)
+@pytest.mark.parametrize(
+    "integrator, trajectory",
+    [(i, t) for i in INTEGRATORS for t in ("static", "nuts")] + [("splitting", "auto")],
+)
 def test_gamma_funnel(integrator, trajectory):
     s = sample(funnel, integrator, trajectory=trajectory)
     assert_mean(s["tau"], A / B, "E[tau]")
@@ -82,7 +84,8 @@ def normal_gamma_posterior():
 
 
 @pytest.mark.parametrize(
-    "integrator, trajectory", [(i, "static") for i in INTEGRATORS] + [("splitting", "nuts")]
+    "integrator, trajectory",
+    [(i, "static") for i in INTEGRATORS] + [("splitting", "nuts"), ("splitting", "auto")],
 )
 def test_normal_gamma(integrator, trajectory):
     mn, kn, an, bn = normal_gamma_posterior()

@@ -129,3 +129,42 @@ def test_multinomial_static_draws_along_the_trajectory_by_energy():
     drawn, info = trajectory.static(key, s, leapfrog, 1, energy, 0.6, 40, multinomial=True)
     assert float(energy(drawn)[0]) < h0 + 5.0
     assert bool(info.diverging) and int(info.num_steps) < 40
+
+
+def test_auto_tries_both_schemes_in_the_first_half_of_the_last_slow_window():
+    from numpyro.infer.hmc_util import build_adaptation_schedule
+
+    from numpyro_s3hmc.adaptation import trial_window
+
+    first, last = build_adaptation_schedule(1000)[-2]  # the last slow window
+    assert trial_window(1000) == (first, first + (last - first) // 2) == (450, 699)
+    assert trial_window(400) == (150, 249)  # the shortest trial: 100 transitions
+    # no slow window, or too short a trial to compare the schemes: the static length
+    assert trial_window(0) is None and trial_window(10) is None and trial_window(300) is None
+
+
+def test_auto_prefers_the_scheme_that_moves_the_slowest_coordinates_further_per_gradient():
+    from numpyro_s3hmc.adaptation import MetricAdaptState, prefer_tree
+
+    def state(static, tree, grads):
+        zeros = jnp.zeros(2)
+        return MetricAdaptState(
+            *(zeros,) * 5, jnp.int32(0), 1.0, jnp.bool_(False), jnp.array([static, tree]), grads
+        )
+
+    # 20 θ elements and one η: per gradient the tree moves θ twice as far, η 4×
+    theta, eta = [1.0] * 20, [4.0]
+    both = jnp.array([10.0, 10.0])
+    assert bool(prefer_tree(state(theta + [1.0], [2.0] * 20 + eta, both), 20))
+    # ... but η only as far: the slower block decides, a tie keeps the static length
+    assert not bool(prefer_tree(state(theta + [1.0], [2.0] * 20 + [1.0], both), 20))
+    # the same jumps at 5× the gradients: the static length wins
+    grads = jnp.array([10.0, 50.0])
+    assert not bool(prefer_tree(state(theta + [1.0], [2.0] * 20 + eta, grads), 20))
+    # a BNN in whitened coordinates: the static length moves a third of the weights
+    # 100× less, which the 10% quantile sees and the mean would not
+    slow = [0.01] * 7 + [3.0] * 13
+    assert bool(prefer_tree(state(slow + eta, theta + eta, both), 20))
+    assert float(jnp.mean(jnp.array(slow))) > 1.0
+    # no hyperparameters: θ alone decides
+    assert not bool(prefer_tree(state(theta, [0.5] * 20, both), 20))
