@@ -234,15 +234,15 @@ def trial_window(num_warmup: int) -> tuple[int, int] | None:
     return (int(first), int(end)) if end - first + 1 >= MIN_TRIAL else None
 
 
-def record_jump(metric_state, tree, start, end, variance, grads, on):
+def record_jump(metric_state, tree, start, end, variance, grads):
     """Add one transition's squared jump ``(end − start)² / variance`` per
     coordinate, and its gradients, to the sums of its scheme (``tree``: the
-    no-U-turn tree, else the static length), where ``on``."""
-    jump = jnp.where(on, (end - start) ** 2 / variance, 0.0).astype(metric_state.jumps.dtype)
+    no-U-turn tree, else the static length)."""
+    jump = ((end - start) ** 2 / variance).astype(metric_state.jumps.dtype)
     row = jnp.asarray(tree, jnp.int32)
     return metric_state._replace(
         jumps=metric_state.jumps.at[row].add(jump),
-        jump_grads=metric_state.jump_grads.at[row].add(jnp.where(on, grads, 0)),
+        jump_grads=metric_state.jump_grads.at[row].add(grads),
     )
 
 

@@ -740,22 +740,29 @@ class S3HMC(MCMCKernel):
                 index,
                 [partial(transition, trajectory=t) for t in ("multinomial", "static", "nuts")],
             )
-            metric_state = record_jump(
-                metric_state,
-                tree,
-                jnp.concatenate([theta, eta]),
-                jnp.concatenate([new.theta, new.eta]),
-                adapt_state.inverse_mass_matrix,
-                info.num_grad_evals,
+            # the bookkeeping only inside the trial (a quantile sorts θ): real branches,
+            # also under vmap, where i is unbatched
+            metric_state = jax.lax.cond(
                 in_trial,
+                lambda m: record_jump(
+                    m,
+                    tree,
+                    jnp.concatenate([theta, eta]),
+                    jnp.concatenate([new.theta, new.eta]),
+                    adapt_state.inverse_mass_matrix,
+                    info.num_grad_evals,
+                ),
+                identity,
+                metric_state,
             )
-            choose = state.i == trial[1]
-            metric_state = metric_state._replace(
-                use_tree=jnp.where(
-                    choose, prefer_tree(metric_state, theta.size), metric_state.use_tree
-                )
+            metric_state = jax.lax.cond(
+                state.i == trial[1],
+                lambda m: m._replace(use_tree=prefer_tree(m, theta.size)),
+                identity,
+                metric_state,
             )
-        elif self._trajectory == "static" and opening:
+        elif self._trajectory in ("static", "auto") and opening:
+            # "auto" without a trial (a short warmup) is the static length
             new, info = jax.lax.cond(
                 state.i < self._tree_until,
                 partial(transition, trajectory="multinomial"),
