@@ -22,7 +22,8 @@ NUTS on the centred model, and NUTS with ``LocScaleReparam(0)`` on the group sit
 on the centred model's sites: the smallest bulk ESS over every latent element per
 1,000 sampling-phase gradients, and the bulk ESS of τ per 1,000, median over seeds.
 
-    python benchmarks/hierarchical.py [--quick] [--seeds 0 1 2] [--models ...] [--write]
+    python benchmarks/hierarchical.py [--quick] [--seeds 0 1 2] [--models ...]
+        [--samplers "S3HMC,NUTS centred"] [--write]   # runs are merged into the saved ones
     python benchmarks/hierarchical.py --report   # table and figure from hierarchical.json
 
 ``--write`` puts the table in ``benchmarks/results.md`` and the sweep figure in
@@ -31,6 +32,7 @@ on the centred model's sites: the smallest bulk ESS over every latent element pe
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -128,6 +130,12 @@ def kernels(name):
     }
 
 
+def chosen_samplers(samplers):
+    """The samplers this run was asked for (``--samplers``), in the suite's order."""
+    chosen = os.environ.get("SUITE_SAMPLERS")
+    return samplers if chosen is None else [s for s in samplers if s in chosen.split(",")]
+
+
 def run_cell(name, seed, num_chains, num_warmup, num_samples, model=None, kernels_of=None):
     """Every sampler on one model and seed: {sampler: scores}, scored on the model's
     latent sites (a reparameterised model records them as deterministic)."""
@@ -142,6 +150,7 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples, model=None, kernel
     tr = trace(seeded(model, 0)).get_trace()
     sites = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
     chosen = (kernels_of or kernels)(name)
+    chosen = {k: chosen[k] for k in chosen_samplers(list(chosen))}
     table, _ = compare_samplers(
         chosen,
         num_warmup=num_warmup,
@@ -254,9 +263,13 @@ def figure(cells, path):
     fig.savefig(path, dpi=120)
 
 
-def parse_suite_args(argv, doc, models, write_help):
-    """The flags every suite script shares; ``--quick`` is 2 chains × 300 + 300, one seed."""
+def parse_suite_args(argv, doc, models, write_help, samplers=None):
+    """The flags every suite script shares; ``--quick`` is 2 chains × 300 + 300, one seed.
+    With ``samplers``, ``--samplers a,b`` runs a subset of them; the child processes read
+    it from ``SUITE_SAMPLERS`` (:func:`chosen_samplers`)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if samplers is not None:
+        parser.add_argument("--samplers", help=f"a comma-separated subset of {samplers}")
     parser.add_argument("--quick", action="store_true", help="2 chains × 300 + 300, one seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=models, default=list(models))
@@ -265,6 +278,10 @@ def parse_suite_args(argv, doc, models, write_help):
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--write", action="store_true", help=write_help)
     args = parser.parse_args(argv)
+    if getattr(args, "samplers", None):
+        if not set(args.samplers.split(",")) <= set(samplers):
+            parser.error(f"--samplers takes a comma-separated subset of {samplers}")
+        os.environ["SUITE_SAMPLERS"] = args.samplers
     if args.quick:
         args.seeds, args.num_chains, args.num_warmup, args.num_samples = args.seeds[:1], 2, 300, 300
     return args
@@ -284,12 +301,15 @@ def main(argv=None) -> int:
         args = parse_suite_args(["--seeds", *map(str, seeds), "--write"], __doc__, MODELS, "")
         command = "python benchmarks/hierarchical.py --write"
     else:
-        args = parse_suite_args(argv, __doc__, MODELS, "update results.md and the figure")
+        args = parse_suite_args(argv, __doc__, MODELS, "update results.md and the figure", SAMPLERS)
         cells = run(args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples)
         command = shlex.join(["python", "benchmarks/hierarchical.py", *argv])
-        path.write_text(
-            json.dumps({f"{m} | {s}": rows for (m, s), rows in cells.items()}, indent=1)
-        )
+        # merged with the saved runs, so the suite can run in parts (--models, --samplers)
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        saved.update({f"{m} | {s}": rows for (m, s), rows in cells.items()})
+        if not args.quick:  # a quick run is a smoke test, not a measurement
+            path.write_text(json.dumps(saved, indent=1))
+        cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
     text = markdown(cells, args.models, args.seeds, command)
     print(text)
     if args.write and not args.quick:

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -266,17 +267,20 @@ def targets(rows_by_model, overheads) -> list[tuple[str, str, str]]:
     return out
 
 
-def report(rows_by_model, overheads, args, seconds) -> str:
+def report(rows_by_model, overheads, args, seconds, command, earlier=None) -> str:
+    """The generated part of results.md; ``earlier``: when the rows this run did not
+    re-measure were (a run of a subset is merged into the saved one)."""
     import jax
 
     import numpyro
 
+    what = "Measured" if earlier is None else "Rows re-measured"
     parts = [
-        f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/run.py"
-        + (" --quick" if args.quick else "")
-        + f"` in {seconds / 60:.0f} min on {os.cpu_count()} CPU cores "
+        f"{what} {time.strftime('%Y-%m-%d')} by `{command}`"
+        + f" in {seconds / 60:.0f} min on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), JAX {jax.__version__}, "
-        f"NumPyro {numpyro.__version__}, seed {args.seed}. Chains run sequentially.",
+        f"NumPyro {numpyro.__version__}, seed {args.seed}. Chains run sequentially."
+        + ("" if earlier is None else f" The other rows: measured {earlier}."),
         "",
         "Columns: min bulk and tail ESS over every element of every latent site of the "
         "centred model; `min ESS bulk hyper` over the precisions only; ESS/s divides by "
@@ -424,10 +428,24 @@ def main(argv=None):
             o = child(["--overhead-of", m])
             overheads.append({"model": m, **o})
             print(f"[{time.time() - t0:6.0f} s] {m} / overhead: {o}")
+    command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+    measured = f"{time.strftime('%Y-%m-%d')} by `{command}`"
+    earlier = None
+    if not args.quick and out.with_suffix(".json").exists() and (args.models or args.samplers):
+        # a subset: merged into the saved run, whose other rows keep their date
+        saved = json.loads(out.with_suffix(".json").read_text())
+        earlier = saved.get("measured", "an earlier run")
+        for m, rows in saved["rows"].items():
+            new = {r["sampler"]: r for r in rows_by_model.get(m, [])}
+            kept = {r["sampler"]: r for r in rows if r["sampler"] not in new}
+            merged = {**kept, **new}
+            rows_by_model[m] = [merged[s] for s in SAMPLERS if s in merged]
+        done = {o["model"] for o in overheads}
+        overheads = [o for o in saved["overhead"] if o["model"] not in done] + overheads
     (out.with_suffix(".json")).write_text(
-        json.dumps({"rows": rows_by_model, "overhead": overheads}, indent=1)
+        json.dumps({"rows": rows_by_model, "overhead": overheads, "measured": measured}, indent=1)
     )
-    text = report(rows_by_model, overheads, args, time.time() - t0)
+    text = report(rows_by_model, overheads, args, time.time() - t0, command, earlier)
     figure(rows_by_model, out.with_suffix(".png"))
     text += f"\n\n![S3HMC and NumPyro's samplers, relative to NUTS centred]({out.with_suffix('.png').name})"
     write_report(out, text)

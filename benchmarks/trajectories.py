@@ -38,7 +38,6 @@ and BNN diabetes 19 minutes with three samplers (S3HMC auto and both NUTS).
 """
 
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -135,8 +134,7 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
     centred, noncentred, args, scored, positive = problem(name)
     out = {}
     # --samplers (passed to this child process through the environment) runs a subset
-    chosen = os.environ.get("TRAJECTORIES_SAMPLERS")
-    for sampler in SAMPLERS if chosen is None else chosen.split(","):
+    for sampler in hierarchical.chosen_samplers(SAMPLERS):
         k = kernel(sampler, centred, noncentred)
         grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
         fields = (grad_field, "diverging")
@@ -338,23 +336,18 @@ def main(argv=None) -> int:
         seeds = range(len(next(iter(cells.values()))))
         report(cells, seeds, "python benchmarks/trajectories.py --write", write=True)
         return 0
-    full = list(argv)
-    if "--samplers" in argv:  # a subset, e.g. --samplers "S3HMC auto"; merged below
-        at = argv.index("--samplers")
-        chosen = argv[at + 1].split(",")
-        if not set(chosen) <= set(SAMPLERS):
-            raise SystemExit(f"--samplers takes a comma-separated subset of {SAMPLERS}")
-        os.environ["TRAJECTORIES_SAMPLERS"] = argv[at + 1]
-        argv = argv[:at] + argv[at + 2 :]
-    args = hierarchical.parse_suite_args(argv, __doc__, MODELS, "update benchmarks/results.md")
+    args = hierarchical.parse_suite_args(
+        argv, __doc__, MODELS, "update benchmarks/results.md", SAMPLERS
+    )
     cells = hierarchical.run(
         args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples, __file__
     )
-    command = shlex.join(["python", "benchmarks/trajectories.py", *full])
+    command = shlex.join(["python", "benchmarks/trajectories.py", *argv])
     # merged with earlier runs of other models, so the suite can run in parts
     saved = json.loads(path.read_text()) if path.exists() else {}
     saved.update({f"{m} | {s}": rows for (m, s), rows in cells.items()})
-    path.write_text(json.dumps(saved, indent=1))
+    if not args.quick:  # a quick run is a smoke test, not a measurement
+        path.write_text(json.dumps(saved, indent=1))
     cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
     report(cells, args.seeds, command, write=args.write and not args.quick)
     return 0

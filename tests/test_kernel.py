@@ -77,6 +77,17 @@ def test_same_key_same_draws():
     assert not np.array_equal(a, again[1])
 
 
+def test_auto_without_a_trial_is_the_static_kernel_opening_window_included():
+    # below 400 warmup iterations "auto" has no trial and runs the static length, with
+    # the multinomial opening window that frees a chain started far above the bulk: the
+    # same draws as "static" for the same key (a version without the window differed)
+    kw = dict(num_warmup=100, num_samples=50)
+    runs = [run(S3HMC(regression, trajectory=t), **kw) for t in ("auto", "static")]
+    auto, static = (m.get_samples()["w"] for m in runs)
+    np.testing.assert_array_equal(auto, static)
+    assert not bool(runs[0].last_state.metric_state.use_tree)
+
+
 def test_default_fields_for_arviz():
     fields = run().get_extra_fields()
     for name in (
