@@ -96,6 +96,7 @@ def run_cell(family, seed, dim, num_chains, num_warmup, num_samples) -> dict:
             "ess_per_1k": float(table.loc[sampler, "ESS/1k grads"]),
             "rhat": float(table.loc[sampler, "max R-hat"]),
             "divergences": int(table.loc[sampler, "divergences"]),
+            "chains_on_the_tree": table.attrs["tree"].get(sampler),
         }
         for sampler in SAMPLERS
     }
@@ -128,7 +129,8 @@ def markdown(cells, families, seeds, command) -> str:
     lines = [
         f"Median over seeds {', '.join(map(str, seeds))} of the bulk ESS of log h per 1,000"
         " sampling-phase gradients (range in brackets); worst R-hat of h and total"
-        " sampling-phase divergences over the seeds.",
+        " sampling-phase divergences over the seeds; how many of S3HMC's chains chose the"
+        ' no-U-turn tree in warmup (trajectory="auto").',
         "",
         "| family (h's role) | " + " | ".join(SAMPLERS) + " | S3HMC / NUTS centred |"
         " S3HMC / NUTS + reparam |",
@@ -143,7 +145,10 @@ def markdown(cells, families, seeds, command) -> str:
             rhat = max(r["rhat"] for r in rows)
             div = sum(r["divergences"] for r in rows)
             span = f" [{min(values):.3g}–{max(values):.3g}]" if len(values) > 1 else ""
-            cols.append(f"{med[sampler]:.3g}{span} (R-hat {rhat:.3f}, {div} div)")
+            trees = [r.get("chains_on_the_tree") for r in rows]
+            tree = f", {sum(trees)} chains on the tree" if sampler == "S3HMC" else ""
+            tree = tree if None not in trees else ""  # runs saved before it was recorded
+            cols.append(f"{med[sampler]:.3g}{span} (R-hat {rhat:.3f}, {div} div{tree})")
         ratios = [
             f"{med['S3HMC'] / med[s]:.3g}×" if med[s] > 0 else "–"
             for s in ("NUTS centred", "NUTS + LocScaleReparam(0)")
@@ -196,6 +201,10 @@ def main(argv=None) -> int:
         args.families, args.seeds, args.dim, args.num_chains, args.num_warmup, args.num_samples
     )
     command = shlex.join(["python", "benchmarks/families.py", *argv])
+    if not args.quick:  # the runs, for reading back (the table keeps medians only)
+        (HERE / "families.json").write_text(
+            json.dumps({f"{f} | {s}": rows for (f, s), rows in cells.items()}, indent=1)
+        )
     text = markdown(cells, args.families, args.seeds, command)
     print(text)
     if args.write and not args.quick:

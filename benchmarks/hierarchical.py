@@ -173,6 +173,7 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples, model=None, kernel
             "divergences": int(table.loc[sampler, "divergences"]),
             "grads_per_draw": float(table.loc[sampler, "grads/draw"]),
             "coordinates": getattr(chosen[sampler], "coordinates", None),
+            "chains_on_the_tree": table.attrs["tree"].get(sampler),
         }
         for sampler in table.index
     }
@@ -210,7 +211,8 @@ def markdown(cells, models, seeds, command) -> str:
         f"Median over seeds {', '.join(map(str, seeds))} of the smallest bulk ESS over every"
         " latent element per 1,000 sampling-phase gradients (in brackets: τ's own); worst"
         " R-hat and total sampling-phase divergences over the seeds; for `S3HMC` (the"
-        ' default, coordinates="auto"), the coordinates its pilot chose. The last columns'
+        ' default, coordinates="auto"), the coordinates its pilot chose and how many chains'
+        ' of all seeds chose the no-U-turn tree in warmup (trajectory="auto"). The last columns'
         " are S3HMC and S3HMC centred against the better NUTS parameterisation.",
         "",
         "| model | "
@@ -227,6 +229,9 @@ def markdown(cells, models, seeds, command) -> str:
             div = sum(r["divergences"] for r in rows)
             coords = {str(r.get("coordinates")) for r in rows if r.get("coordinates")}
             note = f"; {', '.join(sorted(coords))}" if coords else ""
+            trees = [r.get("chains_on_the_tree") for r in rows]
+            if sampler == "S3HMC" and None not in trees:  # trajectory="auto"'s choice
+                note += f"; {sum(trees)} chains on the tree"
             cols.append(
                 f"{med[sampler]:.3g} ({tau[sampler]:.3g}); R-hat {rhat:.3f}, {div} div{note}"
             )

@@ -274,7 +274,10 @@ def report(rows_by_model, overheads, args, seconds, command, earlier=None) -> st
 
     import numpyro
 
-    what = "Measured" if earlier is None else "Rows re-measured"
+    what = "Measured"
+    if earlier is not None:  # a subset merged into the saved run
+        on = f" on {', '.join(args.models)}" if args.models else ""
+        what = f"The rows of {', '.join(args.samplers or SAMPLERS)}{on} re-measured"
     parts = [
         f"{what} {time.strftime('%Y-%m-%d')} by `{command}`"
         + f" in {seconds / 60:.0f} min on {os.cpu_count()} CPU cores "

@@ -278,7 +278,9 @@ def compare_samplers(
           ``kernel.partition.hyper``, otherwise :func:`hyperparameter_sites`;
           the union over samplers), its smallest bulk ESS over elements.
 
-        ``table.attrs["hyper"]`` lists the hyperparameter sites.
+        ``table.attrs["hyper"]`` lists the hyperparameter sites, and
+        ``table.attrs["tree"]`` how many chains of each S3HMC run chose the no-U-turn
+        tree over the static length in warmup (``trajectory="auto"``).
     idatas : ``{name: run}``, each an ``arviz.InferenceData`` (ArviZ 0.x) or an
         ``xarray.DataTree`` (ArviZ 1.x), with the ``log_likelihood`` group (so
         ``az.loo`` works) and the sample_stats of the collected fields
@@ -302,7 +304,7 @@ def compare_samplers(
     if not kernels:
         raise ValueError("kernels must name at least one MCMCKernel.")
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-    rows, idatas = {}, {}
+    rows, idatas, trees = {}, {}, {}
     _warm_up(kernels.values(), rng_key, model_args, model_kwargs)
     # every sampler is scored on the hyperparameters any of them has, so that NUTS
     # after LocScaleReparam (whose scales scale nothing directly) gets the columns too
@@ -389,6 +391,9 @@ def compare_samplers(
         for h in hyper:
             row[HYPER_PREFIX + h] = float(np.min(ess_bulk[h].values))
         rows[name] = row
+        use_tree = getattr(getattr(mcmc.last_state, "metric_state", None), "use_tree", None)
+        if use_tree is not None:  # S3HMC: each chain's trajectory scheme
+            trees[name] = int(np.sum(use_tree))
         if progress_bar:
             print(
                 f"[compare] {name}: {row['wall (s)']:.1f} s wall ({compile_total:.1f} s compiling), "
@@ -401,6 +406,7 @@ def compare_samplers(
     hyper_cols = [HYPER_PREFIX + h for h in all_hyper]
     table = _round_table(table[[c for c in table.columns if c not in hyper_cols] + hyper_cols])
     table.attrs["hyper"] = tuple(all_hyper)
+    table.attrs["tree"] = trees
     return table, idatas
 
 

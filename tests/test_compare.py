@@ -96,6 +96,8 @@ def test_table_matches_arviz(comparison):
     assert list(table.index) == ["S3HMC", "NUTS"]
     # the model's hyperparameters, whatever coordinates the kernel chose to sample in
     assert table.attrs["hyper"] == ("tau", "tau_y")
+    # S3HMC's chains on the tree (a short warmup has no trial: the static length)
+    assert table.attrs["tree"] == {"S3HMC": 0}
     for name, idata in idatas.items():
         row = table.loc[name]
         latent = dataset(idata.posterior)[["tau", "tau_y", "x"]]  # not the deterministic x_sum
