@@ -64,6 +64,8 @@ def s3hmc_step(
     grads_per_step: int = 1,
     trajectory: str = "static",
     max_tree_depth: int = 10,
+    multinomial: bool | Array = False,
+    use_tree: Array | None = None,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One S3HMC transition from ``state`` (its momenta are ignored).
 
@@ -73,7 +75,10 @@ def s3hmc_step(
     and a Metropolis-Hastings test of the end point; or ``"nuts"``, a multinomial
     no-U-turn tree of at most 2^max_tree_depth steps with the Riemannian
     criterion; ``"multinomial"`` is warmup's opening window (a state of the static
-    trajectory drawn in proportion to exp(−H), not reversible). A failed step
+    trajectory drawn in proportion to exp(−H), not reversible), which ``multinomial``
+    (a boolean, possibly traced) also selects for ``"static"``. ``"auto"`` runs the
+    tree where the boolean ``use_tree`` is true and the static scheme elsewhere; the
+    momenta, the static loop and the tree are each compiled once. A failed step
     (non-finite energy, a fixed point that does not converge, τ ≤ 0) or an energy
     error above ``max_delta_energy`` is a divergence.
     """
@@ -87,7 +92,7 @@ def s3hmc_step(
         )
         return h, jnp.concatenate([v_theta, v_eta])
 
-    if trajectory in ("static", "multinomial"):  # the latter: warmup's opening window
+    def static(state):
         return trajectories.static(
             key_trajectory,
             state,
@@ -97,9 +102,10 @@ def s3hmc_step(
             step_size,
             num_steps,
             max_delta_energy,
-            multinomial=trajectory == "multinomial",
+            multinomial=True if trajectory == "multinomial" else multinomial,
         )
-    if trajectory == "nuts":
+
+    def tree(state):
         return trajectories.no_u_turn(
             key_trajectory,
             state,
@@ -111,6 +117,13 @@ def s3hmc_step(
             max_tree_depth,
             max_delta_energy,
         )
+
+    if trajectory in ("static", "multinomial"):  # the latter: warmup's opening window
+        return static(state)
+    if trajectory == "nuts":
+        return tree(state)
+    if trajectory == "auto":
+        return jax.lax.cond(use_tree, tree, static, state)
     raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}.")
 
 
@@ -218,7 +231,7 @@ class S3HMC(MCMCKernel):
         trial shorter than 100 transitions) it is the static length. Measured (docs/design.md §6.2): the
         static length on funnels, eight schools, BNN diabetes and the demo, the tree
         on the BNN sine, whose weights the static length left unconverged. The tree is
-        compiled beside the static length: the demo's sampler compiles in 32 s against
+        compiled beside the static length: the demo's sampler compiles in 26 s against
         19 s under the static default (a fresh process, benchmarks/results.md), so pass
         ``"static"`` where the hyperparameters are known to be the slow variables and
         compilation matters.
@@ -736,13 +749,11 @@ class S3HMC(MCMCKernel):
             # the trial window alternates the two schemes; then the one chosen
             in_trial = (state.i >= trial[0]) & (state.i <= trial[1])
             tree = jnp.where(in_trial, state.i % 2 == 1, use_tree)
-            index = jnp.where(tree, 2, 1)
-            if opening:
-                index = jnp.where(state.i < self._tree_until, 0, index)
-            new, info = jax.lax.switch(
-                index,
-                [partial(transition, trajectory=t) for t in ("multinomial", "static", "nuts")],
-            )
+            multinomial = False
+            if opening:  # the opening window's multinomial static draw, never the tree
+                multinomial = state.i < self._tree_until
+                tree = tree & ~multinomial
+            new, info = transition(trajectory="auto", use_tree=tree, multinomial=multinomial)
             # the bookkeeping only inside the trial (a quantile sorts θ): real branches,
             # also under vmap, where i is unbatched
             metric_state = jax.lax.cond(
@@ -766,11 +777,7 @@ class S3HMC(MCMCKernel):
             )
         elif self._trajectory in ("static", "auto") and opening:
             # "auto" without a trial (a short warmup) is the static length
-            new, info = jax.lax.cond(
-                state.i < self._tree_until,
-                partial(transition, trajectory="multinomial"),
-                partial(transition, trajectory="static"),
-            )
+            new, info = transition(trajectory="static", multinomial=state.i < self._tree_until)
         else:
             scheme = "static" if self._trajectory == "auto" else self._trajectory
             new, info = transition(trajectory=scheme)

@@ -73,24 +73,36 @@ def static(
     trajectory drawn in proportion to exp(H₀ − H), the start included, stopping at a
     failed step. From far above the bulk it moves to the trajectory's best states
     where the end point alone would be rejected. ``accept_prob`` is then the mean of
-    min(1, exp(H₀ − H)) over the steps, as a tree's is.
+    min(1, exp(H₀ − H)) over the steps, as a tree's is. ``multinomial`` may be a
+    traced boolean: the two then share one loop, and so one compiled copy of
+    ``step_fn``, with the draw's bookkeeping under ``lax.cond``.
     """
     h0, _ = energy_fn(state)
     key_take = random.fold_in(rng_key, 1)
+    fixed = isinstance(multinomial, bool)
+
+    def draw(args):
+        s, ok, prop, prop_h, log_w, acc, key = args
+        h, _ = energy_fn(s)
+        delta = jnp.where(ok & jnp.isfinite(h), h - h0, jnp.inf)
+        new_log_w = jnp.logaddexp(log_w, -delta)
+        key, sub = random.split(key)
+        take = random.uniform(sub, dtype=h0.dtype) < jnp.exp(-delta - new_log_w)
+        prop, prop_h, log_w = _select(take, s, prop), jnp.where(take, h, prop_h), new_log_w
+        acc = acc + jnp.clip(jnp.exp(-delta), 0.0, 1.0)
+        return ok & (delta <= max_delta_energy), prop, prop_h, log_w, acc, key
 
     def body(carry):
         s, i, ok, iters, prop, prop_h, log_w, acc, key = carry
         s, info = step_fn(s, step_size)
         ok = ok & info.ok
-        if multinomial:
-            h, _ = energy_fn(s)
-            delta = jnp.where(ok & jnp.isfinite(h), h - h0, jnp.inf)
-            new_log_w = jnp.logaddexp(log_w, -delta)
-            key, sub = random.split(key)
-            take = random.uniform(sub, dtype=h0.dtype) < jnp.exp(-delta - new_log_w)
-            prop, prop_h, log_w = _select(take, s, prop), jnp.where(take, h, prop_h), new_log_w
-            acc = acc + jnp.clip(jnp.exp(-delta), 0.0, 1.0)
-            ok = ok & (delta <= max_delta_energy)
+        args = (s, ok, prop, prop_h, log_w, acc, key)
+        if fixed and multinomial:
+            ok, prop, prop_h, log_w, acc, key = draw(args)
+        elif not fixed:
+            ok, prop, prop_h, log_w, acc, key = jax.lax.cond(
+                multinomial, draw, lambda a: a[1:], args
+            )
         return (
             s,
             i + 1,
@@ -110,16 +122,16 @@ def static(
     zero = jnp.zeros((), h0.dtype)
     init = (state, jnp.int32(0), jnp.bool_(True), jnp.int32(0), state, h0, zero, zero, key_take)
     end, steps, ok, iters, prop, prop_h, _, acc, _ = jax.lax.while_loop(cond, body, init)
-    if multinomial:
-        info = TransitionInfo(
-            accept_prob=acc / jnp.maximum(steps, 1),
-            diverging=~ok,
-            energy=prop_h,
-            num_steps=steps,
-            num_grad_evals=steps * grads_per_step,
-            fixed_point_iters=iters,
-        )
-        return prop, info
+    drawn = TransitionInfo(
+        accept_prob=acc / jnp.maximum(steps, 1),
+        diverging=~ok,
+        energy=prop_h,
+        num_steps=steps,
+        num_grad_evals=steps * grads_per_step,
+        fixed_point_iters=iters,
+    )
+    if fixed and multinomial:
+        return prop, drawn
     h1, _ = energy_fn(end)
     delta = h1 - h0
     ok = ok & jnp.isfinite(delta)
@@ -134,7 +146,9 @@ def static(
         num_grad_evals=steps * grads_per_step,
         fixed_point_iters=iters,
     )
-    return _select(accept, end, state), info
+    if fixed:
+        return _select(accept, end, state), info
+    return _select(multinomial, (prop, drawn), (_select(accept, end, state), info))
 
 
 class _Tree(NamedTuple):

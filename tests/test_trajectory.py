@@ -131,6 +131,22 @@ def test_multinomial_static_draws_along_the_trajectory_by_energy():
     assert bool(info.diverging) and int(info.num_steps) < 40
 
 
+@pytest.mark.parametrize("multinomial", [True, False])
+def test_static_with_a_traced_multinomial_flag_is_the_fixed_scheme(multinomial):
+    # the kernel passes the opening window's flag traced, so that one loop serves both
+    s = State(
+        jnp.array([3.0, -3.0]), jnp.array([1.0, 0.5]), jax.grad(potential)(jnp.array([3.0, -3.0]))
+    )
+    key = jax.random.PRNGKey(2)
+    for size in (0.05, 0.6):  # stable, and past the stability limit
+        fixed = trajectory.static(key, s, leapfrog, 1, energy, size, 40, multinomial=multinomial)
+        traced = jax.jit(
+            lambda flag: trajectory.static(key, s, leapfrog, 1, energy, size, 40, multinomial=flag)
+        )(jnp.bool_(multinomial))
+        for a, b in zip(jax.tree.leaves(fixed), jax.tree.leaves(traced), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
 def test_auto_tries_both_schemes_in_the_first_half_of_the_last_slow_window():
     from numpyro.infer.hmc_util import build_adaptation_schedule
 
