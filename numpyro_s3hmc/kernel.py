@@ -582,7 +582,8 @@ class S3HMC(MCMCKernel):
             return (), init_params
         if _traced(rng_key):
             # inside pmap (chain_method="parallel"): run the pilot now, at trace time,
-            # on one chain from a fixed key (every device gets the same choice); its
+            # on four vectorized chains from a fixed key (every device gets the same
+            # choice; one chain's few draws left the statistic near its cut); its
             # state cannot start the traced chains
             if _traced((init_params, model_args, model_kwargs)):
                 warnings.warn(
@@ -595,7 +596,7 @@ class S3HMC(MCMCKernel):
                 return (), init_params
             with jax.ensure_compile_time_eval():
                 chosen, _ = self._choose_coordinates(
-                    random.PRNGKey(0), num_warmup, None, model_args, model_kwargs
+                    random.split(random.PRNGKey(0), 4), num_warmup, None, model_args, model_kwargs
                 )
             return chosen, init_params
         pilot = copy.copy(self)

@@ -363,7 +363,9 @@ def test_auto_coordinates_follow_the_data(model, expected, chain_method):
     kernel = S3HMC(model, coordinates="auto")
     mcmc = MCMC(
         kernel,
-        num_warmup=200,
+        # a pilot of 75 iterations (50 with 200 warmup left the pilot's statistic of a
+        # prior-only group at 0.44-0.78 against its 0.5 cut, by JAX release)
+        num_warmup=300,
         num_samples=200,
         num_chains=2,
         chain_method=chain_method,
