@@ -163,8 +163,10 @@ def test_jit_model_args_no_retrace_for_new_data(monkeypatch):
     # are tracers), and XLA's compilations. The progress bar keeps NumPyro's own
     # collection loop compiled once; without it NumPyro re-jits that loop on every
     # run, for every kernel (NUTS included), though not the kernel's step. NumPyro
-    # turns the bar off wherever the environment has CI set: unset it here.
+    # turns the bar off wherever the environment has CI set, or in a pytest-xdist
+    # worker: unset both here.
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     traces = []
 
     def counted(X, y=None):
