@@ -572,7 +572,7 @@ class S3HMC(MCMCKernel):
         variance over its second half of the standardised value (θ − loc)/scale
         (L⁻¹(θ − loc) for θ ~ MultivariateNormal(loc, L Lᵀ)). Near 1,
         the prior dominates and the non-centred coordinates are better; near 0, the data
-        pin θ down and the centred ones are (the variance is scale²/(scale² + 1/D) at a
+        pin θ down and the centred ones are (the variance is (1/D)/(scale² + 1/D) at a
         data precision D). A site is non-centred where the median over its elements and
         chains exceeds ½, i.e. where its data precision is below its prior precision
         (docs/design.md §3.2). Returns the chosen sites and the pilot's last point.

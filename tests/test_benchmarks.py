@@ -92,3 +92,34 @@ def test_report_keeps_the_text_around_it(run, tmp_path):
     text = path.read_text()
     assert "why we chose" in text and text.endswith("end") and "second" in text
     assert "first" not in text
+
+
+def test_peers_table_beats_only_converged_peers():
+    # the BlackJAX peers' table (benchmarks/peers.py; BlackJAX itself is not needed to
+    # build it): a peer whose chains disagree (R-hat > 1.01) is reported, not the bar
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_peers", BENCHMARKS / "peers.py")
+        peers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peers)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def row(ess, rhat=1.001):
+        return {
+            "ess_per_1k": ess,
+            "tau_per_1k": ess,
+            "rhat": rhat,
+            "divergences": 0,
+            "warmup_grads_per_chain": 1000.0,
+        }
+
+    ours = {("m", s): [row(e)] for s, e in [("S3HMC", 60.0), ("NUTS centred", 10.0)]}
+    ours[("m", "NUTS + LocScaleReparam(0)")] = [row(30.0)]
+    cells = {("m", s): [row(20.0)] for s in peers.SAMPLERS}
+    cells[("m", peers.SAMPLERS[0])] = [row(120.0, rhat=1.2)]  # fast and wrong: not the bar
+    last = peers.markdown(cells, ["m"], [0], "cmd", ours=ours).splitlines()[4]
+    assert last.startswith("| m | 60 | 30 | 120 (120); R-hat 1.200") and last.endswith(" 2.00× |")
+    cells[("m", peers.SAMPLERS[1])] = [row(120.0)]
+    last = peers.markdown(cells, ["m"], [0], "cmd", ours=ours).splitlines()[4]
+    assert last.endswith(" 0.50× |")

@@ -1,0 +1,268 @@
+"""BlackJAX peers on the hierarchical suite: NUTS with nutpie's low-rank metric and MAMS.
+
+The peers a user could reach for instead of S3HMC, on the models of
+``hierarchical.py`` (eight schools, the data-informativeness sweep, the group
+regression), each on the centred model as written and after ``LocScaleReparam(0)``:
+
+- **BlackJAX NUTS, low-rank**: ``blackjax.nuts`` tuned by
+  ``blackjax.window_adaptation_low_rank`` (Stan's window schedule with the
+  Fisher-divergence low-rank metric of nutpie), target acceptance 0.8, max tree
+  depth 10; one gradient per leapfrog step;
+- **BlackJAX MAMS**: ``blackjax.adjusted_mclmc_dynamic`` (the Metropolis-adjusted
+  microcanonical sampler with a random trajectory length) tuned by
+  ``blackjax.adjusted_mclmc_find_L_and_step_size`` (target acceptance 0.9, diagonal
+  preconditioning, its default tuning fractions of the sampling run's length);
+  the isokinetic McLachlan integrator, two gradients per step.
+
+Both run on NumPyro's potential (``initialize_model``: the same unconstrained space
+and initial points as NumPyro's NUTS), 4 vmapped chains, each with its own warmup.
+Scores are those of ``hierarchical.py``, on the centred model's sites after the
+model's own transforms: the smallest bulk ESS over every latent element per 1,000
+sampling-phase gradients (τ's in brackets), median over seeds; warmup gradients are
+counted apart. S3HMC and NumPyro's NUTS come from ``hierarchical.json`` (same seeds,
+chains, draws and scores), so the suite need not run twice.
+
+BlackJAX is a benchmark extra, not a dependency: ``pip install -e ".[peers]"``.
+
+    python benchmarks/peers.py [--quick] [--seeds 0 1 2] [--models ...] [--write]
+    python benchmarks/peers.py --report   # the table from peers.json
+
+``--write`` puts the table in ``benchmarks/results.md``.
+"""
+
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+import hierarchical
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- peers:start -->", "<!-- peers:end -->"
+PEERS = ("BlackJAX NUTS low-rank", "BlackJAX MAMS")
+PARAMETERISATIONS = ("centred", "+ LocScaleReparam(0)")
+SAMPLERS = tuple(f"{p} {q}" for p in PEERS for q in PARAMETERISATIONS)
+MAMS_GRADS_PER_STEP = 2  # isokinetic McLachlan: two force evaluations per step (FSAL)
+
+
+def _nuts(logdensity, position, key, num_warmup, num_samples):
+    """One chain: (draws, sampling gradients, warmup gradients, divergences)."""
+    import blackjax
+    import jax
+
+    warm_key, run_key = jax.random.split(key)
+    warmup = blackjax.window_adaptation_low_rank(blackjax.nuts, logdensity)
+    (state, params), info = warmup.run(warm_key, position, num_steps=num_warmup)
+    step = blackjax.nuts(logdensity, **params).step
+
+    def one(state, k):
+        state, info = step(k, state)
+        return state, (state.position, info.num_integration_steps, info.is_divergent)
+
+    _, (draws, steps, divergent) = jax.lax.scan(one, state, jax.random.split(run_key, num_samples))
+    return draws, steps.sum(), info.info.num_integration_steps.sum(), divergent.sum()
+
+
+def _mams(logdensity, position, key, num_warmup, num_samples):
+    """One chain of MAMS, as BlackJAX's documentation runs it; ``num_warmup`` is not
+    used: its tuner runs fractions of the sampling run's length (counted apart)."""
+    import blackjax
+    import jax
+    from blackjax.mcmc import adjusted_mclmc_dynamic as mams
+
+    init_key, tune_key, run_key = jax.random.split(key, 3)
+    kernel = mams.build_kernel(
+        integration_steps_fn=mams.make_random_trajectory_length_fn(True),
+        integrator=blackjax.mcmc.integrators.isokinetic_mclachlan,
+    )
+    state = mams.init(position, logdensity, random_generator_arg=init_key)
+    state, params, tuning_steps = blackjax.adjusted_mclmc_find_L_and_step_size(
+        mclmc_kernel=kernel,
+        logdensity_fn=logdensity,
+        num_steps=num_samples,
+        state=state,
+        rng_key=tune_key,
+        target=0.9,
+        diagonal_preconditioning=True,
+    )
+
+    def one(state, k):
+        state, info = kernel(
+            rng_key=k,
+            state=state,
+            logdensity_fn=logdensity,
+            step_size=params.step_size,
+            inverse_mass_matrix=params.inverse_mass_matrix,
+            integration_steps_params=(params.L / params.step_size,),
+        )
+        return state, (state.position, info.num_integration_steps, info.is_divergent)
+
+    _, (draws, steps, divergent) = jax.lax.scan(one, state, jax.random.split(run_key, num_samples))
+    return (
+        draws,
+        MAMS_GRADS_PER_STEP * steps.sum(),
+        MAMS_GRADS_PER_STEP * tuning_steps,
+        divergent.sum(),
+    )
+
+
+def run_peer(model, sampler, seed, num_chains, num_warmup, num_samples, sites):
+    """One peer on one model: the constrained draws of ``sites`` and the counts."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+
+    from numpyro.infer.util import initialize_model
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chains + 1)
+    # NumPyro's initialisation (uniform in (-2, 2) on the unconstrained space), one per chain
+    infos = [initialize_model(k, model)[0] for k in keys[:num_chains]]
+    _, unravel = ravel_pytree(infos[0].z)
+    positions = jax.numpy.stack([ravel_pytree(i.z)[0] for i in infos])
+    potential, postprocess = initialize_model(keys[0], model)[1:3]
+
+    def logdensity(x):
+        return -potential(unravel(x))
+
+    chain = _nuts if sampler.startswith("BlackJAX NUTS") else _mams
+    run = jax.jit(
+        jax.vmap(lambda x, k: chain(logdensity, x, k, num_warmup, num_samples)),
+    )
+    draws, grads, warm_grads, divergent = run(positions, jax.random.split(keys[-1], num_chains))
+    constrained = jax.vmap(jax.vmap(lambda x: postprocess(unravel(x))))(draws)
+    return (
+        {s: np.asarray(constrained[s]) for s in sites},
+        float(grads.sum()),
+        float(warm_grads.sum()),
+        int(divergent.sum()),
+    )
+
+
+def run_cell(name, seed, num_chains, num_warmup, num_samples):
+    """Every peer on one model and seed: {sampler: scores}, as hierarchical.run_cell."""
+    import numpyro
+    from numpyro.handlers import seed as seeded
+    from numpyro.handlers import trace
+    from numpyro.infer.reparam import LocScaleReparam
+
+    from numpyro_s3hmc._arviz import arviz
+
+    az = arviz()
+    model = hierarchical.model_of(name)
+    tr = trace(seeded(model, 0)).get_trace()
+    sites = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    models = {
+        "centred": model,
+        "+ LocScaleReparam(0)": numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)}),
+    }
+    out = {}
+    for sampler in hierarchical.chosen_samplers(list(SAMPLERS)):
+        variant = models[next(p for p in PARAMETERISATIONS if sampler.endswith(p))]
+        draws, grads, warm_grads, divergences = run_peer(
+            variant, sampler, seed, num_chains, num_warmup, num_samples, sites
+        )
+        posterior = az.convert_to_dataset(draws)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ess = az.ess(posterior, method="bulk")
+            rhat = az.rhat(posterior)
+        min_ess = min(float(np.min(ess[s].values)) for s in sites)
+        out[sampler] = {
+            "ess_per_1k": 1000 * min_ess / grads,
+            "tau_per_1k": 1000 * float(ess["tau"].values) / grads,
+            "rhat": max(float(np.max(rhat[s].values)) for s in sites),
+            "divergences": divergences,
+            "grads_per_draw": grads / (num_chains * num_samples),
+            "warmup_grads_per_chain": warm_grads / num_chains,
+        }
+    return out
+
+
+def markdown(cells, models, seeds, command, ours=None) -> str:
+    """The table; ``ours``: the hierarchical suite's runs (default: hierarchical.json)."""
+    if ours is None:
+        saved = json.loads((HERE / "hierarchical.json").read_text())
+        ours = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
+    lines = [
+        f"Median over seeds {', '.join(map(str, seeds))} of the smallest bulk ESS over every"
+        " latent element per 1,000 sampling-phase gradients (in brackets: τ's own); worst"
+        " R-hat and total sampling-phase divergences over the seeds; warmup gradients per"
+        " chain. S3HMC (its defaults) and the better of NumPyro's NUTS centred and NUTS +"
+        " `LocScaleReparam(0)` are the rows of the hierarchical table above (same seeds,"
+        " chains, draws and scores). The last column is S3HMC against the best of all.",
+        "",
+        "| model | S3HMC | better NumPyro NUTS | " + " | ".join(SAMPLERS) + " | S3HMC / best |",
+        "|---|---|---|" + "---|" * (len(SAMPLERS) + 1),
+    ]
+    for name in models:
+        s3 = statistics.median(r["ess_per_1k"] for r in ours[(name, "S3HMC")])
+        numpyro_best = max(
+            statistics.median(r["ess_per_1k"] for r in ours[(name, s)])
+            for s in ("NUTS centred", "NUTS + LocScaleReparam(0)")
+        )
+        cols, best = [], numpyro_best
+        for sampler in SAMPLERS:
+            rows = cells[(name, sampler)]
+            med = statistics.median(r["ess_per_1k"] for r in rows)
+            tau = statistics.median(r["tau_per_1k"] for r in rows)
+            warm = statistics.median(r["warmup_grads_per_chain"] for r in rows)
+            rhat = max(r["rhat"] for r in rows)
+            div = sum(r["divergences"] for r in rows)
+            if rhat <= 1.01:  # a peer that did not converge is not the bar to beat
+                best = max(best, med)
+            cols.append(
+                f"{med:.3g} ({tau:.3g}); R-hat {rhat:.3f}, {div} div, {warm:,.0f} warmup grads"
+            )
+        lines.append(
+            f"| {name} | {s3:.3g} | {numpyro_best:.3g} | "
+            + " | ".join(cols)
+            + f" | {s3 / best:.2f}× |"
+        )
+    lines += ["", "Command:", "", f"    {command}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--cell"]:  # one (model, seed), in a child process
+        name, seed, chains, warmup, samples = argv[1:]
+        print(json.dumps(run_cell(name, int(seed), int(chains), int(warmup), int(samples))))
+        return 0
+    path = HERE / "peers.json"
+    if argv[:1] == ["--report"]:
+        saved = json.loads(path.read_text())
+        cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
+        seeds = list(range(len(next(iter(cells.values())))))
+        args = hierarchical.parse_suite_args(
+            ["--seeds", *map(str, seeds), "--write"], __doc__, hierarchical.MODELS, ""
+        )
+        command = "python benchmarks/peers.py --write"
+    else:
+        args = hierarchical.parse_suite_args(
+            argv, __doc__, hierarchical.MODELS, "update results.md", SAMPLERS
+        )
+        cells = hierarchical.run(
+            args.models,
+            args.seeds,
+            args.num_chains,
+            args.num_warmup,
+            args.num_samples,
+            script=__file__,
+        )
+        command = shlex.join(["python", "benchmarks/peers.py", *argv])
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        saved.update({f"{m} | {s}": rows for (m, s), rows in cells.items()})
+        if not args.quick:  # a quick run is a smoke test, not a measurement
+            path.write_text(json.dumps(saved, indent=1))
+        cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
+    text = markdown(cells, args.models, args.seeds, command)
+    print(text)
+    if args.write and not args.quick:
+        from families import write_results
+
+        write_results(text, start=START, end=END, title="BlackJAX peers on the hierarchical suite")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
