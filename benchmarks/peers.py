@@ -1,8 +1,16 @@
-"""BlackJAX peers on the hierarchical suite: NUTS with nutpie's low-rank metric and MAMS.
+"""BlackJAX peers: NUTS with nutpie's low-rank metric and MAMS, beside S3HMC and NUTS.
 
-The peers a user could reach for instead of S3HMC, on the models of
-``hierarchical.py`` (eight schools, the data-informativeness sweep, the group
-regression), each on the centred model as written and after ``LocScaleReparam(0)``:
+The peers a user could reach for instead of S3HMC, each on the centred model as written
+and on the non-centred one, on the models of one of two suites (``--suite``):
+
+- ``hierarchical`` (the default): ``hierarchical.py``'s eight schools, data-
+  informativeness sweep and group regression; non-centred is ``LocScaleReparam(0)``;
+  scored as there, by ArviZ's bulk ESS of the latent sites' values;
+- ``trajectories``: ``trajectories.py``'s models (the funnels, BNNs, eight schools,
+  latent GP) with its non-centred forms and its scores (NumPyro's ESS, on the log of
+  the positive sites; a BNN's five log precisions).
+
+The peers:
 
 - **BlackJAX NUTS, low-rank**: ``blackjax.nuts`` tuned by
   ``blackjax.window_adaptation_low_rank`` (Stan's window schedule with the
@@ -16,21 +24,22 @@ regression), each on the centred model as written and after ``LocScaleReparam(0)
 
 Both run on NumPyro's potential (``initialize_model``: the same unconstrained space
 and initial points as NumPyro's NUTS), 4 vmapped chains, each with its own warmup.
-Scores are those of ``hierarchical.py``, on the centred model's sites after the
-model's own transforms: the smallest bulk ESS over every latent element per 1,000
-sampling-phase gradients (τ's in brackets), median over seeds; warmup gradients are
-counted apart. S3HMC and NumPyro's NUTS come from ``hierarchical.json`` (same seeds,
+The score is the smallest bulk ESS over the scored quantities per 1,000
+sampling-phase gradients, median over seeds; warmup gradients are counted apart.
+S3HMC (its defaults) and NumPyro's NUTS come from the suite's own JSON (same seeds,
 chains, draws and scores), so the suite need not run twice.
 
 BlackJAX is a benchmark extra, not a dependency: ``pip install -e ".[peers]"``.
 
-    python benchmarks/peers.py [--quick] [--seeds 0 1 2] [--models ...] [--write]
-    python benchmarks/peers.py --report   # the table from peers.json
+    python benchmarks/peers.py [--suite trajectories] [--quick] [--seeds 0 1 2]
+        [--models ...] [--samplers ...] [--write]   # runs are merged into the saved ones
+    python benchmarks/peers.py [--suite trajectories] --report   # the table, saved runs
 
 ``--write`` puts the table in ``benchmarks/results.md``.
 """
 
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -38,12 +47,29 @@ from pathlib import Path
 
 import hierarchical
 import numpy as np
+import trajectories
 
 HERE = Path(__file__).resolve().parent
-START, END = "<!-- peers:start -->", "<!-- peers:end -->"
 PEERS = ("BlackJAX NUTS low-rank", "BlackJAX MAMS")
-PARAMETERISATIONS = ("centred", "+ LocScaleReparam(0)")
+PARAMETERISATIONS = ("centred", "non-centred")
 SAMPLERS = tuple(f"{p} {q}" for p in PEERS for q in PARAMETERISATIONS)
+# suite: (its models, its saved runs, S3HMC's row there, NumPyro's two NUTS rows, title)
+SUITES = {
+    "hierarchical": (
+        hierarchical.MODELS,
+        "hierarchical.json",
+        "S3HMC",
+        ("NUTS centred", "NUTS + LocScaleReparam(0)"),
+        "BlackJAX peers on the hierarchical suite",
+    ),
+    "trajectories": (
+        trajectories.MODELS,
+        "trajectories.json",
+        "S3HMC auto",
+        ("NUTS centred", "NUTS non-centred"),
+        "BlackJAX peers on the trajectory suite",
+    ),
+}
 MAMS_GRADS_PER_STEP = 2  # isokinetic McLachlan: two force evaluations per step (FSAL)
 
 
@@ -108,8 +134,8 @@ def _mams(logdensity, position, key, num_warmup, num_samples):
     )
 
 
-def run_peer(model, sampler, seed, num_chains, num_warmup, num_samples, sites):
-    """One peer on one model: the constrained draws of ``sites`` and the counts."""
+def run_peer(model, args, sampler, seed, num_chains, num_warmup, num_samples, sites):
+    """One peer on ``model(*args)``: the constrained draws of ``sites`` and the counts."""
     import jax
     from jax.flatten_util import ravel_pytree
 
@@ -117,10 +143,10 @@ def run_peer(model, sampler, seed, num_chains, num_warmup, num_samples, sites):
 
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains + 1)
     # NumPyro's initialisation (uniform in (-2, 2) on the unconstrained space), one per chain
-    infos = [initialize_model(k, model)[0] for k in keys[:num_chains]]
+    infos = [initialize_model(k, model, model_args=args)[0] for k in keys[:num_chains]]
     _, unravel = ravel_pytree(infos[0].z)
     positions = jax.numpy.stack([ravel_pytree(i.z)[0] for i in infos])
-    potential, postprocess = initialize_model(keys[0], model)[1:3]
+    potential, postprocess = initialize_model(keys[0], model, model_args=args)[1:3]
 
     def logdensity(x):
         return -potential(unravel(x))
@@ -139,38 +165,50 @@ def run_peer(model, sampler, seed, num_chains, num_warmup, num_samples, sites):
     )
 
 
-def run_cell(name, seed, num_chains, num_warmup, num_samples):
-    """Every peer on one model and seed: {sampler: scores}, as hierarchical.run_cell."""
+def problem(suite, name):
+    """(centred model, non-centred model, model args, scored sites, positive sites);
+    for the hierarchical suite, positive is None: scored as that suite scores."""
+    if suite == "trajectories":
+        return trajectories.problem(name)
     import numpyro
     from numpyro.handlers import seed as seeded
     from numpyro.handlers import trace
     from numpyro.infer.reparam import LocScaleReparam
 
-    from numpyro_s3hmc._arviz import arviz
-
-    az = arviz()
     model = hierarchical.model_of(name)
     tr = trace(seeded(model, 0)).get_trace()
     sites = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
-    models = {
-        "centred": model,
-        "+ LocScaleReparam(0)": numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)}),
-    }
+    noncentred = numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)})
+    return model, noncentred, (), sites, None
+
+
+def run_cell(name, seed, num_chains, num_warmup, num_samples, suite="hierarchical"):
+    """Every peer on one model and seed: {sampler: scores}, as the suite's run_cell."""
+    from numpyro_s3hmc._arviz import arviz
+
+    centred, noncentred, args, scored, positive = problem(suite, name)
     out = {}
     for sampler in hierarchical.chosen_samplers(list(SAMPLERS)):
-        variant = models[next(p for p in PARAMETERISATIONS if sampler.endswith(p))]
+        model = centred if sampler.endswith(" centred") else noncentred  # or " non-centred"
         draws, grads, warm_grads, divergences = run_peer(
-            variant, sampler, seed, num_chains, num_warmup, num_samples, sites
+            model, args, sampler, seed, num_chains, num_warmup, num_samples, scored
         )
-        posterior = az.convert_to_dataset(draws)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ess = az.ess(posterior, method="bulk")
-            rhat = az.rhat(posterior)
-        min_ess = min(float(np.min(ess[s].values)) for s in sites)
+        if positive is None:  # hierarchical.py's scores (compare_samplers'): ArviZ's
+            az = arviz()
+            posterior = az.convert_to_dataset(draws)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ess = az.ess(posterior, method="bulk")
+                rhat = az.rhat(posterior)
+            min_ess = min(float(np.min(ess[s].values)) for s in scored)
+            max_rhat = max(float(np.max(rhat[s].values)) for s in scored)
+            tau = 1000 * float(ess["tau"].values) / grads
+        else:
+            min_ess, max_rhat = trajectories.score(draws, scored, positive)
+            tau = float("nan")
         out[sampler] = {
             "ess_per_1k": 1000 * min_ess / grads,
-            "tau_per_1k": 1000 * float(ess["tau"].values) / grads,
-            "rhat": max(float(np.max(rhat[s].values)) for s in sites),
+            "tau_per_1k": tau,
+            "rhat": max_rhat,
             "divergences": divergences,
             "grads_per_draw": grads / (num_chains * num_samples),
             "warmup_grads_per_chain": warm_grads / num_chains,
@@ -178,27 +216,34 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
     return out
 
 
-def markdown(cells, models, seeds, command, ours=None) -> str:
-    """The table; ``ours``: the hierarchical suite's runs (default: hierarchical.json)."""
+def markdown(cells, models, seeds, command, suite="hierarchical", ours=None) -> str:
+    """The table; ``ours``: the suite's own runs (default: read from its JSON)."""
+    _, saved_runs, s3hmc, nuts, _ = SUITES[suite]
     if ours is None:
-        saved = json.loads((HERE / "hierarchical.json").read_text())
+        saved = json.loads((HERE / saved_runs).read_text())
         ours = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
+    scored = (
+        "every latent element (in brackets: τ's own)"
+        if suite == "hierarchical"
+        else "the scored quantities (a BNN's five log precisions; every latent elsewhere)"
+    )
     lines = [
-        f"Median over seeds {', '.join(map(str, seeds))} of the smallest bulk ESS over every"
-        " latent element per 1,000 sampling-phase gradients (in brackets: τ's own); worst"
-        " R-hat and total sampling-phase divergences over the seeds; warmup gradients per"
-        " chain. S3HMC (its defaults) and the better of NumPyro's NUTS centred and NUTS +"
-        " `LocScaleReparam(0)` are the rows of the hierarchical table above (same seeds,"
-        " chains, draws and scores). The last column is S3HMC against the best of all.",
+        f"Median over seeds {', '.join(map(str, seeds))} of the smallest bulk ESS over {scored}"
+        " per 1,000 sampling-phase gradients; worst R-hat and total sampling-phase"
+        " divergences over the seeds; warmup gradients per chain. S3HMC (its defaults) and"
+        f" the better of NumPyro's {' and '.join(nuts)} are from `{saved_runs}` (same seeds,"
+        " chains, draws and scores). The last column is S3HMC against the best sampler"
+        " whose R-hat is at most 1.01.",
         "",
         "| model | S3HMC | better NumPyro NUTS | " + " | ".join(SAMPLERS) + " | S3HMC / best |",
         "|---|---|---|" + "---|" * (len(SAMPLERS) + 1),
     ]
     for name in models:
-        s3 = statistics.median(r["ess_per_1k"] for r in ours[(name, "S3HMC")])
+        if not all((name, s) in ours for s in (s3hmc, *nuts)):
+            continue  # the suite did not run this model with every sampler
+        s3 = statistics.median(r["ess_per_1k"] for r in ours[(name, s3hmc)])
         numpyro_best = max(
-            statistics.median(r["ess_per_1k"] for r in ours[(name, s)])
-            for s in ("NUTS centred", "NUTS + LocScaleReparam(0)")
+            statistics.median(r["ess_per_1k"] for r in ours[(name, s)]) for s in nuts
         )
         cols, best = [], numpyro_best
         for sampler in SAMPLERS:
@@ -210,9 +255,8 @@ def markdown(cells, models, seeds, command, ours=None) -> str:
             div = sum(r["divergences"] for r in rows)
             if rhat <= 1.01:  # a peer that did not converge is not the bar to beat
                 best = max(best, med)
-            cols.append(
-                f"{med:.3g} ({tau:.3g}); R-hat {rhat:.3f}, {div} div, {warm:,.0f} warmup grads"
-            )
+            tau = "" if np.isnan(tau) else f" ({tau:.3g})"
+            cols.append(f"{med:.3g}{tau}; R-hat {rhat:.3f}, {div} div, {warm:,.0f} warmup grads")
         lines.append(
             f"| {name} | {s3:.3g} | {numpyro_best:.3g} | "
             + " | ".join(cols)
@@ -223,24 +267,35 @@ def markdown(cells, models, seeds, command, ours=None) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--cell"]:  # one (model, seed), in a child process
         name, seed, chains, warmup, samples = argv[1:]
-        print(json.dumps(run_cell(name, int(seed), int(chains), int(warmup), int(samples))))
+        suite = os.environ.get("PEERS_SUITE", "hierarchical")
+        out = run_cell(name, int(seed), int(chains), int(warmup), int(samples), suite)
+        print(json.dumps(out))
         return 0
-    path = HERE / "peers.json"
+    suite = "hierarchical"
+    if "--suite" in argv:  # the child processes read it from PEERS_SUITE
+        i = argv.index("--suite")
+        suite = argv[i + 1]
+        if suite not in SUITES:
+            sys.exit(f"--suite takes one of {sorted(SUITES)}")
+        del argv[i : i + 2]
+        os.environ["PEERS_SUITE"] = suite
+    models, _, _, _, title = SUITES[suite]
+    path = HERE / ("peers.json" if suite == "hierarchical" else f"peers_{suite}.json")
+    flag = [] if suite == "hierarchical" else ["--suite", suite]
     if argv[:1] == ["--report"]:
         saved = json.loads(path.read_text())
         cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
         seeds = list(range(len(next(iter(cells.values())))))
+        ran = [m for m in models if all((m, s) in cells for s in SAMPLERS)]
         args = hierarchical.parse_suite_args(
-            ["--seeds", *map(str, seeds), "--write"], __doc__, hierarchical.MODELS, ""
+            ["--seeds", *map(str, seeds), "--write", "--models", *ran], __doc__, models, ""
         )
-        command = "python benchmarks/peers.py --write"
+        command = shlex.join(["python", "benchmarks/peers.py", *flag, "--write"])
     else:
-        args = hierarchical.parse_suite_args(
-            argv, __doc__, hierarchical.MODELS, "update results.md", SAMPLERS
-        )
+        args = hierarchical.parse_suite_args(argv, __doc__, models, "update results.md", SAMPLERS)
         cells = hierarchical.run(
             args.models,
             args.seeds,
@@ -249,18 +304,19 @@ def main(argv=None) -> int:
             args.num_samples,
             script=__file__,
         )
-        command = shlex.join(["python", "benchmarks/peers.py", *argv])
+        command = shlex.join(["python", "benchmarks/peers.py", *flag, *argv])
         saved = json.loads(path.read_text()) if path.exists() else {}
         saved.update({f"{m} | {s}": rows for (m, s), rows in cells.items()})
         if not args.quick:  # a quick run is a smoke test, not a measurement
             path.write_text(json.dumps(saved, indent=1))
         cells = {tuple(k.split(" | ")): rows for k, rows in saved.items()}
-    text = markdown(cells, args.models, args.seeds, command)
+    text = markdown(cells, args.models, args.seeds, command, suite)
     print(text)
     if args.write and not args.quick:
         from families import write_results
 
-        write_results(text, start=START, end=END, title="BlackJAX peers on the hierarchical suite")
+        tag = "peers" if suite == "hierarchical" else f"peers-{suite}"
+        write_results(text, start=f"<!-- {tag}:start -->", end=f"<!-- {tag}:end -->", title=title)
     return 0
 
 

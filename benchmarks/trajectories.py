@@ -126,9 +126,24 @@ def kernel(sampler, centred, noncentred):
     return NUTS(centred if sampler == "NUTS centred" else noncentred)
 
 
+def score(draws, scored, positive):
+    """(the smallest bulk ESS over the ``scored`` sites' elements, the worst split R-hat),
+    on the log of the ``positive`` sites; ``draws``: {site: (chains, draws, ...)}."""
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+    ess, rhat = [], []
+    for site in scored:
+        v = np.asarray(draws[site], np.float64)
+        v = np.log(v) if site in positive else v
+        v = v.reshape(v.shape[0], v.shape[1], -1)
+        ess.append(effective_sample_size(v).min())
+        rhat.append(np.nanmax(split_gelman_rubin(v)))
+    return float(min(ess)), float(max(rhat))
+
+
 def run_cell(name, seed, num_chains, num_warmup, num_samples):
     """Every sampler on one model and MCMC seed: {sampler: scores}."""
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+    from numpyro.diagnostics import effective_sample_size
     from numpyro.infer import MCMC
 
     centred, noncentred, args, scored, positive = problem(name)
@@ -156,13 +171,7 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
         seconds = time.perf_counter() - t0
         draws = mcmc.get_samples(group_by_chain=True)
         extra = mcmc.get_extra_fields(group_by_chain=True)
-        ess, rhat = [], []
-        for site in scored:
-            v = np.asarray(draws[site], np.float64)
-            v = np.log(v) if site in positive else v
-            v = v.reshape(v.shape[0], v.shape[1], -1)
-            ess.append(effective_sample_size(v).min())
-            rhat.append(np.nanmax(split_gelman_rubin(v)))
+        min_ess, max_rhat = score(draws, scored, positive)
         # every element too (a BNN's weights), unscored: the table keeps the scored ones
         every = [
             effective_sample_size(np.asarray(v, np.float64).reshape(*v.shape[:2], -1)).min()
@@ -173,8 +182,8 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
         # coordinates="auto" runs a pilot before warmup: its gradients are warmup's
         warm_grads = float(np.sum(warm[grad_field])) + getattr(k, "pilot_grad_evals", 0)
         out[sampler] = {
-            "ess_per_1k": float(1000 * min(ess) / grads),
-            "rhat": float(max(rhat)),
+            "ess_per_1k": float(1000 * min_ess / grads),
+            "rhat": max_rhat,
             "divergences": int(np.sum(extra["diverging"])),
             "grads_per_draw": grads / draws_total,
             "warmup_grads_per_draw": warm_grads / (num_chains * num_warmup),
