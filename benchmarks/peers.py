@@ -142,11 +142,11 @@ def run_peer(model, args, sampler, seed, num_chains, num_warmup, num_samples, si
     from numpyro.infer.util import initialize_model
 
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains + 1)
-    # NumPyro's initialisation (uniform in (-2, 2) on the unconstrained space), one per chain
-    infos = [initialize_model(k, model, model_args=args)[0] for k in keys[:num_chains]]
-    _, unravel = ravel_pytree(infos[0].z)
-    positions = jax.numpy.stack([ravel_pytree(i.z)[0] for i in infos])
-    potential, postprocess = initialize_model(keys[0], model, model_args=args)[1:3]
+    # NumPyro's initialisation (uniform in (-2, 2) on the unconstrained space), batched
+    # over the chains' keys
+    info, potential, postprocess, _ = initialize_model(keys[:num_chains], model, model_args=args)
+    _, unravel = ravel_pytree(jax.tree.map(lambda v: v[0], info.z))
+    positions = jax.vmap(lambda z: ravel_pytree(z)[0])(info.z)
 
     def logdensity(x):
         return -potential(unravel(x))
@@ -171,15 +171,13 @@ def problem(suite, name):
     if suite == "trajectories":
         return trajectories.problem(name)
     import numpyro
-    from numpyro.handlers import seed as seeded
-    from numpyro.handlers import trace
     from numpyro.infer.reparam import LocScaleReparam
 
+    from numpyro_s3hmc.compare import _model_sites
+
     model = hierarchical.model_of(name)
-    tr = trace(seeded(model, 0)).get_trace()
-    sites = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
     noncentred = numpyro.handlers.reparam(model, {"theta": LocScaleReparam(0)})
-    return model, noncentred, (), sites, None
+    return model, noncentred, (), _model_sites(model, (), {}), None
 
 
 def run_cell(name, seed, num_chains, num_warmup, num_samples, suite="hierarchical"):
