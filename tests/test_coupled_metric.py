@@ -20,6 +20,7 @@ from numpyro.infer import MCMC
 
 from numpyro_s3hmc import S3HMC, partition_sites
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
+from numpyro_s3hmc.kernel import noncentred_by_statistic
 from numpyro_s3hmc.metrics import (
     LocationCoupling,
     SemiSeparableMetric,
@@ -380,6 +381,36 @@ def test_auto_coordinates_follow_the_data(model, expected, chain_method):
         np.testing.assert_allclose(
             s["theta"].mean((0, 1)), data_dominated.__defaults__[0], atol=0.05
         )
+
+
+def test_sites_near_the_cut_are_decided_together():
+    def v(x):  # one site's pilot variances
+        return np.full(8, x)
+
+    # alone, a site is non-centred above the cut at 1/2
+    assert noncentred_by_statistic({"a": v(0.49)}) == ()
+    assert noncentred_by_statistic({"a": v(0.51)}) == ("a",)
+    # near the cut (0.3-0.75) on opposite sides: the median of all their elements decides
+    assert noncentred_by_statistic({"a": v(0.45), "b": v(0.65)}) == ("a", "b")
+    assert noncentred_by_statistic({"a": v(0.35), "b": v(0.55)}) == ()
+    # outside the band each site keeps its own side
+    assert noncentred_by_statistic({"a": v(0.2), "b": v(0.65)}) == ("b",)
+    assert noncentred_by_statistic({"a": v(0.45), "b": v(0.9)}) == ("b",)
+    assert noncentred_by_statistic({"a": v(0.45), "b": v(0.72)}) == ("a", "b")
+
+
+def test_demo_groups_get_the_same_coordinates():
+    # the demo's intercepts and slopes: their pilot statistics straddle 1/2 on most
+    # keys (0.43-0.55 and 0.64-0.73), and mixed coordinates sampled 6-10x slower
+    from numpyro_s3hmc import demo
+
+    x, group, num_groups, y = demo.load_data()
+    kernel = S3HMC(demo.model)
+    kernel.init(
+        jax.random.PRNGKey(0), 1000, model_args=(x, group, num_groups), model_kwargs={"y": y}
+    )
+    assert set(kernel.coordinates) == {"alpha", "beta"}
+    assert len(set(kernel.coordinates.values())) == 1, kernel.coordinates_pilot
 
 
 def test_init_params_in_user_coordinates_are_converted():
