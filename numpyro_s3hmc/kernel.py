@@ -52,8 +52,9 @@ from numpyro_s3hmc.trajectory import TRAJECTORIES, TransitionInfo
 COORDINATES = ("centred", "noncentred", "auto")
 # coordinates="auto": candidate sites whose pilot statistic falls in this band around
 # the cut at 1/2 are decided together (noncentred_by_statistic). Set from measurements:
-# the demo's group slopes reached 0.73 over 12 keys (its intercepts 0.43-0.55), and the
-# diabetes BNN's data-dominated output bias 0.13-0.27 stays out of it
+# the demo's group slopes reached 0.73 over 12 keys (its intercepts 0.43-0.55); the
+# diabetes BNN's data-dominated output bias (0.18-0.37) joins its hidden weights on
+# one key of six (docs/design.md §3.2)
 COORDINATES_JOINT_BAND = (0.3, 0.75)
 
 
