@@ -301,9 +301,9 @@ class S3HMC(MCMCKernel):
         as θ = loc + L θ_decentered. The choice
         is in ``kernel.coordinates``, each candidate's pilot statistic in
         ``kernel.coordinates_pilot`` (sites between 0.3 and 0.75 are decided together),
-        the pilot's gradients in ``kernel.pilot_grad_evals``; under ``chain_method="parallel"`` the pilot runs
-        once, at trace time, on four vectorized chains (docs/design.md §3.2). ``"centred"``: the
-        model as written; ``"noncentred"``: every such site non-centred. Draws come
+        the pilot's gradients in ``kernel.pilot_grad_evals``; under
+        ``chain_method="parallel"`` the pilot runs once, at trace time, on four
+        vectorized chains (docs/design.md §3.2). ``"centred"``: the model as written; ``"noncentred"``: every such site non-centred. Draws come
         back in the user's coordinates, under the user's names (θ_decentered is only
         in the kernel's state). Inside ``Gibbs`` the kernel stays centred. Measured
         against centred (benchmarks/results.md): eight schools 99 against 30 ESS per

@@ -401,7 +401,7 @@ def test_sites_near_the_cut_are_decided_together():
 
 def test_demo_groups_get_the_same_coordinates():
     # the demo's intercepts and slopes: their pilot statistics straddle 1/2 on most
-    # keys (0.43-0.55 and 0.64-0.73), and mixed coordinates sampled 6-10x slower
+    # keys (0.43-0.55 and 0.64-0.73), and mixed coordinates sampled 7-12x slower
     from numpyro_s3hmc import demo
 
     x, group, num_groups, y = demo.load_data()
