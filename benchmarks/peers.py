@@ -267,6 +267,69 @@ def markdown(cells, models, seeds, command, suite="hierarchical", ours=None) -> 
     return "\n".join(lines)
 
 
+def figure(path, suites=("hierarchical", "trajectories")):
+    """Every model of the saved peer runs, one panel a suite: the median ESS per 1,000
+    sampling gradients of S3HMC, the better of NumPyro's two NUTS runs and each peer,
+    hollow where its R-hat exceeds 1.01 (the table's numbers, ``markdown``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for suite in suites:
+        models, saved_runs, s3hmc, nuts, title = SUITES[suite]
+        runs = HERE / ("peers.json" if suite == "hierarchical" else f"peers_{suite}.json")
+        if not runs.exists():
+            continue
+        load = json.loads
+        cells = {tuple(k.split(" | ")): v for k, v in load(runs.read_text()).items()}
+        ours = {tuple(k.split(" | ")): v for k, v in load((HERE / saved_runs).read_text()).items()}
+        rows = []
+        for name in models:
+            if not all((name, s) in ours for s in (s3hmc, *nuts)):
+                continue
+            if not any((name, s) in cells for s in SAMPLERS):
+                continue
+            points = {"S3HMC": (ours[(name, s3hmc)], True)}
+            better = max(
+                nuts, key=lambda s: statistics.median(r["ess_per_1k"] for r in ours[(name, s)])
+            )
+            points["NumPyro NUTS (better of its two)"] = (ours[(name, better)], True)
+            points.update({s: (cells[(name, s)], False) for s in SAMPLERS if (name, s) in cells})
+            rows.append((name, points))
+        panels.append((title, rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), squeeze=False)
+    styles = dict(zip(("S3HMC", "NumPyro NUTS (better of its two)", *SAMPLERS), "o^sDvP"))
+    colours = dict(zip(styles, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, (title, rows) in zip(axes[0], panels, strict=True):
+        for i, (_, points) in enumerate(rows):
+            for label, (runs, ours_row) in points.items():
+                ess = statistics.median(r["ess_per_1k"] for r in runs)
+                converged = ours_row or max(r["rhat"] for r in runs) <= 1.01
+                ax.plot(
+                    max(ess, 1e-2),
+                    i,
+                    styles[label],
+                    color=colours[label],
+                    markerfacecolor=colours[label] if converged else "none",
+                )
+        ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("min bulk ESS per 1,000 sampling gradients (median of 3 seeds)")
+        ax.set_title(title + " (hollow: R-hat > 1.01)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    handles = [
+        plt.Line2D([], [], linestyle="", marker=styles[k], color=colours[k], label=k)
+        for k in styles
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--cell"]:  # one (model, seed), in a child process
@@ -318,6 +381,7 @@ def main(argv=None) -> int:
 
         tag = "peers" if suite == "hierarchical" else f"peers-{suite}"
         write_results(text, start=f"<!-- {tag}:start -->", end=f"<!-- {tag}:end -->", title=title)
+        figure(HERE.parent / "docs" / "peers.png")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The performance suite's pieces: one cell end to end, the targets, the report file."""
 
 import importlib.util
+import json
 import math
 import pathlib
 import sys
@@ -94,9 +95,8 @@ def test_report_keeps_the_text_around_it(run, tmp_path):
     assert "first" not in text
 
 
-def test_peers_table_beats_only_converged_peers():
-    # the BlackJAX peers' table (benchmarks/peers.py; BlackJAX itself is not needed to
-    # build it): a peer whose chains disagree (R-hat > 1.01) is reported, not the bar
+def load_peers():
+    """benchmarks/peers.py as a module (BlackJAX itself is not needed to report)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec = importlib.util.spec_from_file_location("benchmarks_peers", BENCHMARKS / "peers.py")
@@ -104,16 +104,23 @@ def test_peers_table_beats_only_converged_peers():
         spec.loader.exec_module(peers)
     finally:
         sys.path.remove(str(BENCHMARKS))
+    return peers
 
-    def row(ess, rhat=1.001):
-        return {
-            "ess_per_1k": ess,
-            "tau_per_1k": ess,
-            "rhat": rhat,
-            "divergences": 0,
-            "warmup_grads_per_chain": 1000.0,
-        }
 
+def peer_row(ess, rhat=1.001):
+    return {
+        "ess_per_1k": ess,
+        "tau_per_1k": ess,
+        "rhat": rhat,
+        "divergences": 0,
+        "warmup_grads_per_chain": 1000.0,
+    }
+
+
+def test_peers_table_beats_only_converged_peers():
+    # the BlackJAX peers' table (benchmarks/peers.py): a peer whose chains disagree
+    # (R-hat > 1.01) is reported, not the bar
+    peers, row = load_peers(), peer_row
     ours = {("m", s): [row(e)] for s, e in [("S3HMC", 60.0), ("NUTS centred", 10.0)]}
     ours[("m", "NUTS + LocScaleReparam(0)")] = [row(30.0)]
     cells = {("m", s): [row(20.0)] for s in peers.SAMPLERS}
@@ -123,3 +130,16 @@ def test_peers_table_beats_only_converged_peers():
     cells[("m", peers.SAMPLERS[1])] = [row(120.0)]
     last = peers.markdown(cells, ["m"], [0], "cmd", ours=ours).splitlines()[4]
     assert last.endswith(" 0.50× |")
+
+
+def test_peers_figure_from_saved_runs(tmp_path, monkeypatch):
+    peers, row = load_peers(), peer_row
+    name = peers.hierarchical.MODELS[0]
+    ours = {f"{name} | {s}": [row(e)] for s, e in [("S3HMC", 60.0), ("NUTS centred", 1.0)]}
+    ours[f"{name} | NUTS + LocScaleReparam(0)"] = [row(30.0)]
+    cells = {f"{name} | {s}": [row(20.0, rhat=1.001 + i)] for i, s in enumerate(peers.SAMPLERS)}
+    (tmp_path / "hierarchical.json").write_text(json.dumps(ours))
+    (tmp_path / "peers.json").write_text(json.dumps(cells))
+    monkeypatch.setattr(peers, "HERE", tmp_path)
+    peers.figure(tmp_path / "peers.png")  # the trajectory suite has no saved runs here
+    assert (tmp_path / "peers.png").read_bytes()[:4] == b"\x89PNG"
