@@ -173,7 +173,7 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples, model=None, kernel
             "divergences": int(table.loc[sampler, "divergences"]),
             "grads_per_draw": float(table.loc[sampler, "grads/draw"]),
             "coordinates": getattr(chosen[sampler], "coordinates", None),
-            # the pilot's statistic per site, and the trial's scores where it ran
+            # the coordinates pilot's statistic per candidate site
             "coordinates_pilot": getattr(chosen[sampler], "coordinates_pilot", None),
             "chains_on_the_tree": table.attrs["tree"].get(sampler),
         }

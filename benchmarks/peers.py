@@ -282,21 +282,21 @@ def figure(path, suites=("hierarchical", "trajectories")):
         runs = HERE / ("peers.json" if suite == "hierarchical" else f"peers_{suite}.json")
         if not runs.exists():
             continue
-        load = json.loads
-        cells = {tuple(k.split(" | ")): v for k, v in load(runs.read_text()).items()}
-        ours = {tuple(k.split(" | ")): v for k, v in load((HERE / saved_runs).read_text()).items()}
+        cells = {tuple(k.split(" | ")): v for k, v in json.loads(runs.read_text()).items()}
+        saved = json.loads((HERE / saved_runs).read_text())
+        ours = {tuple(k.split(" | ")): v for k, v in saved.items()}
         rows = []
         for name in models:
             if not all((name, s) in ours for s in (s3hmc, *nuts)):
                 continue
             if not any((name, s) in cells for s in SAMPLERS):
                 continue
-            points = {"S3HMC": (ours[(name, s3hmc)], True)}
             better = max(
                 nuts, key=lambda s: statistics.median(r["ess_per_1k"] for r in ours[(name, s)])
             )
-            points["NumPyro NUTS (better of its two)"] = (ours[(name, better)], True)
-            points.update({s: (cells[(name, s)], False) for s in SAMPLERS if (name, s) in cells})
+            points = {"S3HMC": ours[(name, s3hmc)]}
+            points["NumPyro NUTS (better of its two)"] = ours[(name, better)]
+            points.update({s: cells[(name, s)] for s in SAMPLERS if (name, s) in cells})
             rows.append((name, points))
         panels.append((title, rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), squeeze=False)
@@ -304,9 +304,9 @@ def figure(path, suites=("hierarchical", "trajectories")):
     colours = dict(zip(styles, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, (title, rows) in zip(axes[0], panels, strict=True):
         for i, (_, points) in enumerate(rows):
-            for label, (runs, ours_row) in points.items():
+            for label, runs in points.items():
                 ess = statistics.median(r["ess_per_1k"] for r in runs)
-                converged = ours_row or max(r["rhat"] for r in runs) <= 1.01
+                converged = max(r["rhat"] for r in runs) <= 1.01
                 ax.plot(
                     max(ess, 1e-2),
                     i,
