@@ -192,6 +192,16 @@ def find_reasonable_step_size(
     return jax.lax.while_loop(cond, body, init)[0]
 
 
+def _scheme_kwargs(tree, multinomial) -> dict:
+    """:func:`s3hmc_step`'s scheme arguments for ``tree`` (True: the no-U-turn tree,
+    False: the static length, traced: either) and ``multinomial``."""
+    if isinstance(tree, bool):
+        return (
+            {"trajectory": "nuts"} if tree else {"trajectory": "static", "multinomial": multinomial}
+        )
+    return {"trajectory": "auto", "use_tree": tree, "multinomial": multinomial}
+
+
 class S3HMCState(NamedTuple):
     """The kernel's state; NumPyro's field names wherever NumPyro has one."""
 
@@ -734,9 +744,71 @@ class S3HMC(MCMCKernel):
         n = jnp.ceil(trajectory_length * u / step_size)
         return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
 
-    def _sample_chain(self, state, model_args, model_kwargs, use_tree=None):
+    def _search_then_transition(
+        self, first, key_search, key_steps, key, step_size, length, transition, tree, multinomial
+    ):
+        """:func:`find_reasonable_step_size` where ``first`` is true, then the transition,
+        in one loop around one call of ``transition``: each trial of the search is the
+        static scheme with one step, as the search's own call is. Returns the step size
+        (the search's where ``first``) and the transition's state and info."""
+        finfo = jnp.finfo(jnp.result_type(step_size))
+
+        def searching(search):
+            size, last, direction, _, j = search
+            in_range = ((size > finfo.tiny) | (direction >= 0)) & (
+                (size < finfo.max) | (direction <= 0)
+            )
+            return first & in_range & (j < 30) & ((last == 0) | (direction == last))
+
+        def body(carry):
+            search, _, _, _ = carry
+            trying = searching(search)
+            size, last, direction, key_s, j = search
+            key_s, sub = random.split(key_s)
+            size = jnp.where(trying, size * jnp.exp2(direction).astype(size.dtype), size)
+            steps = jnp.where(trying, 1, self._trajectory_steps(key_steps, size, length))
+            if isinstance(tree, bool) and tree:
+                tree_now = ~trying
+            else:
+                tree_now = tree if isinstance(tree, bool) else tree & ~trying
+            mult = multinomial if isinstance(multinomial, bool) else multinomial & ~trying
+            new, info = transition(
+                jnp.where(trying, sub, key),
+                step_size=size,
+                num_steps=steps,
+                **_scheme_kwargs(tree_now, mult),
+            )
+            turn = jnp.where(info.accept_prob > 0.8, 1, -1).astype(jnp.int32)
+            search = (
+                size,
+                jnp.where(trying, direction, last),
+                jnp.where(trying, turn, direction),
+                key_s,
+                j + trying.astype(jnp.int32),
+            )
+            return search, ~trying, new, info
+
+        i32 = jnp.int32(0)
+        search = (step_size, i32, i32, key_search, i32)
+        # the loop's first pass fills these; their values are never read
+        new, info = jax.eval_shape(
+            lambda: transition(
+                key,
+                step_size=step_size,
+                num_steps=jnp.int32(1),
+                **_scheme_kwargs(tree, multinomial),
+            )
+        )
+        blank = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (new, info))
+        search, _, new, info = jax.lax.while_loop(
+            lambda c: ~c[1], body, (search, jnp.bool_(False), *blank)
+        )
+        return search[0], new, info
+
+    def _sample_chain(self, state, model_args, model_kwargs, use_tree=None, fold_search=True):
         """One transition; ``use_tree`` (``trajectory="auto"``) overrides the
-        state's choice of scheme (the vote of vectorized chains)."""
+        state's choice of scheme (the vote of vectorized chains); ``fold_search=False``
+        (vectorized chains) searches the first step size in a loop of its own."""
         partition = self._partition
         theta, eta = split_z(state.z, partition)
         g_theta, g_eta = split_z(state.z_grad, partition)
@@ -749,42 +821,74 @@ class S3HMC(MCMCKernel):
         rng_key, key_steps, key_transition, key_search = random.split(state.rng_key, 4)
         start = IntegratorState(theta, eta, theta, eta, state.potential_energy, g_theta, g_eta)
         adapt_state = state.adapt_state
-        if self._adapt_step_size and self._num_warmup > 0:
-            # first warmup iteration: find the scale before dual averaging (inside the
-            # jitted step, so it compiles once rather than at every chain's init)
-            adapt_state = jax.lax.cond(
-                state.i == 0,
-                lambda a: restart_step_size(
-                    a, find_reasonable_step_size(key_search, start, step_fn, metric, a.step_size)
-                ),
-                identity,
-                adapt_state,
-            )
-        step_size = adapt_state.step_size
-        transition = partial(
-            s3hmc_step,
-            key_transition,
-            start,
-            step_fn,
-            metric,
-            step_size,
-            self._trajectory_steps(key_steps, step_size, state.metric_state.trajectory_length),
-            grads_per_step=grads_per_step,
-            max_tree_depth=self._max_tree_depth,
-        )
         metric_state = state.metric_state
         use_tree = metric_state.use_tree if use_tree is None else use_tree
         opening = self._trajectory != "nuts" and self._tree_until > 0 and self._num_steps is None
         trial = self._trial
-        if trial is not None:  # trajectory="auto"
-            # the trial window alternates the two schemes; then the one chosen
+        # the scheme of this transition: trajectory="auto" tries both in its trial window
+        # (alternating), then keeps the one chosen; the opening window of "static" and
+        # "auto" draws the static trajectory's state multinomially, never from the tree
+        multinomial = False
+        if trial is not None:
             in_trial = (state.i >= trial[0]) & (state.i <= trial[1])
             tree = jnp.where(in_trial, state.i % 2 == 1, use_tree)
-            multinomial = False
-            if opening:  # the opening window's multinomial static draw, never the tree
+            if opening:
                 multinomial = state.i < self._tree_until
                 tree = tree & ~multinomial
-            new, info = transition(trajectory="auto", use_tree=tree, multinomial=multinomial)
+        elif self._trajectory == "nuts":
+            tree = True
+        else:  # "auto" without a trial (a short warmup) is the static length
+            tree = False
+            if opening:
+                multinomial = state.i < self._tree_until
+        transition = partial(
+            s3hmc_step,
+            state=start,
+            step_fn=step_fn,
+            metric=metric,
+            grads_per_step=grads_per_step,
+            max_tree_depth=self._max_tree_depth,
+        )
+        length = state.metric_state.trajectory_length
+        search = self._adapt_step_size and self._num_warmup > 0
+        if search and fold_search:
+            # first warmup iteration: find the scale before dual averaging, each trial
+            # one static step through the same compiled transition as the draw
+            # (a separate search would compile the momenta and the integrator again)
+            step_size, new, info = self._search_then_transition(
+                state.i == 0,
+                key_search,
+                key_steps,
+                key_transition,
+                adapt_state.step_size,
+                length,
+                transition,
+                tree,
+                multinomial,
+            )
+            adapt_state = jax.lax.cond(
+                state.i == 0, lambda a: restart_step_size(a, step_size), identity, adapt_state
+            )
+        else:
+            if search:  # vectorized chains: a batched search would batch the schemes' flags
+                adapt_state = jax.lax.cond(
+                    state.i == 0,
+                    lambda a: restart_step_size(
+                        a,
+                        find_reasonable_step_size(key_search, start, step_fn, metric, a.step_size),
+                    ),
+                    identity,
+                    adapt_state,
+                )
+            step_size = adapt_state.step_size
+            steps = self._trajectory_steps(key_steps, step_size, length)
+            new, info = transition(
+                key_transition,
+                step_size=step_size,
+                num_steps=steps,
+                **_scheme_kwargs(tree, multinomial),
+            )
+        if trial is not None:
             # the bookkeeping only inside the trial (a quantile sorts θ): real branches,
             # also under vmap, where i is unbatched
             metric_state = jax.lax.cond(
@@ -806,12 +910,6 @@ class S3HMC(MCMCKernel):
                 identity,
                 metric_state,
             )
-        elif self._trajectory in ("static", "auto") and opening:
-            # "auto" without a trial (a short warmup) is the static length
-            new, info = transition(trajectory="static", multinomial=state.i < self._tree_until)
-        else:
-            scheme = "static" if self._trajectory == "auto" else self._trajectory
-            new, info = transition(trajectory=scheme)
 
         def adapt(args):
             wa_state, metric_state = args
@@ -861,7 +959,9 @@ class S3HMC(MCMCKernel):
         use_tree = jnp.mean(state.metric_state.use_tree) > 0.5
 
         def one(s):
-            return self._sample_chain(s._replace(i=i), model_args, model_kwargs, use_tree)
+            return self._sample_chain(
+                s._replace(i=i), model_args, model_kwargs, use_tree, fold_search=False
+            )
 
         return jax.vmap(one)(state)
 
