@@ -102,8 +102,9 @@ def s3hmc_step(
     criterion; ``"multinomial"`` is warmup's opening window (a state of the static
     trajectory drawn in proportion to exp(−H), not reversible), which ``multinomial``
     (a boolean, possibly traced) also selects for ``"static"``. ``"auto"`` runs the
-    tree where the boolean ``use_tree`` is true and the static scheme elsewhere; the
-    momenta, the static loop and the tree are each compiled once. A failed step
+    tree where the boolean ``use_tree`` is true and the static scheme elsewhere, in
+    one loop (:func:`~numpyro_s3hmc.trajectory.static_or_tree`): the momenta, the
+    integrator's step and the energy are each compiled once. A failed step
     (non-finite energy, a fixed point that does not converge, τ ≤ 0) or an energy
     error above ``max_delta_energy`` is a divergence.
     """
@@ -117,8 +118,8 @@ def s3hmc_step(
         )
         return h, jnp.concatenate([v_theta, v_eta])
 
-    def static(state):
-        return trajectories.static(
+    def run(use_tree, multinomial=False):
+        return trajectories.static_or_tree(
             key_trajectory,
             state,
             step_fn,
@@ -126,29 +127,19 @@ def s3hmc_step(
             energy,
             step_size,
             num_steps,
-            max_delta_energy,
-            multinomial=True if trajectory == "multinomial" else multinomial,
-        )
-
-    def tree(state):
-        return trajectories.no_u_turn(
-            key_trajectory,
-            state,
-            step_fn,
-            grads_per_step,
-            energy,
-            step_size,
             lambda s: jnp.concatenate([s.r_theta, s.r_eta]),
-            max_tree_depth,
-            max_delta_energy,
+            use_tree,
+            multinomial=multinomial,
+            max_tree_depth=max_tree_depth,
+            max_delta_energy=max_delta_energy,
         )
 
     if trajectory in ("static", "multinomial"):  # the latter: warmup's opening window
-        return static(state)
+        return run(False, True if trajectory == "multinomial" else multinomial)
     if trajectory == "nuts":
-        return tree(state)
+        return run(True)
     if trajectory == "auto":
-        return jax.lax.cond(use_tree, tree, static, state)
+        return run(use_tree, multinomial)
     raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {trajectory!r}.")
 
 

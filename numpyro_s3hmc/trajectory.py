@@ -77,78 +77,19 @@ def static(
     traced boolean: the two then share one loop, and so one compiled copy of
     ``step_fn``, with the draw's bookkeeping under ``lax.cond``.
     """
-    h0, _ = energy_fn(state)
-    key_take = random.fold_in(rng_key, 1)
-    fixed = isinstance(multinomial, bool)
-
-    def draw(args):
-        s, ok, prop, prop_h, log_w, acc, key = args
-        h, _ = energy_fn(s)
-        delta = jnp.where(ok & jnp.isfinite(h), h - h0, jnp.inf)
-        new_log_w = jnp.logaddexp(log_w, -delta)
-        key, sub = random.split(key)
-        take = random.uniform(sub, dtype=h0.dtype) < jnp.exp(-delta - new_log_w)
-        prop, prop_h, log_w = _select(take, s, prop), jnp.where(take, h, prop_h), new_log_w
-        acc = acc + jnp.clip(jnp.exp(-delta), 0.0, 1.0)
-        return ok & (delta <= max_delta_energy), prop, prop_h, log_w, acc, key
-
-    def body(carry):
-        s, i, ok, iters, prop, prop_h, log_w, acc, key = carry
-        s, info = step_fn(s, step_size)
-        ok = ok & info.ok
-        args = (s, ok, prop, prop_h, log_w, acc, key)
-        if fixed and multinomial:
-            ok, prop, prop_h, log_w, acc, key = draw(args)
-        elif not fixed:
-            ok, prop, prop_h, log_w, acc, key = jax.lax.cond(
-                multinomial, draw, lambda a: a[1:], args
-            )
-        return (
-            s,
-            i + 1,
-            ok,
-            jnp.maximum(iters, info.fixed_point_iters),
-            prop,
-            prop_h,
-            log_w,
-            acc,
-            key,
-        )
-
-    def cond(carry):
-        _, i, ok = carry[:3]
-        return (i < num_steps) & ok
-
-    zero = jnp.zeros((), h0.dtype)
-    init = (state, jnp.int32(0), jnp.bool_(True), jnp.int32(0), state, h0, zero, zero, key_take)
-    end, steps, ok, iters, prop, prop_h, _, acc, _ = jax.lax.while_loop(cond, body, init)
-    drawn = TransitionInfo(
-        accept_prob=acc / jnp.maximum(steps, 1),
-        diverging=~ok,
-        energy=prop_h,
-        num_steps=steps,
-        num_grad_evals=steps * grads_per_step,
-        fixed_point_iters=iters,
+    return static_or_tree(
+        rng_key,
+        state,
+        step_fn,
+        grads_per_step,
+        energy_fn,
+        step_size,
+        num_steps,
+        None,
+        False,
+        multinomial=multinomial,
+        max_delta_energy=max_delta_energy,
     )
-    if fixed and multinomial:
-        return prop, drawn
-    h1, _ = energy_fn(end)
-    delta = h1 - h0
-    ok = ok & jnp.isfinite(delta)
-    diverging = ~ok | (delta > max_delta_energy)
-    accept_prob = jnp.where(ok, jnp.clip(jnp.exp(-delta), 0.0, 1.0), 0.0)
-    accept = ok & (random.uniform(rng_key, dtype=h0.dtype) < accept_prob)
-    info = TransitionInfo(
-        accept_prob=accept_prob,
-        diverging=diverging,
-        energy=jnp.where(accept, h1, h0),
-        num_steps=steps,
-        num_grad_evals=steps * grads_per_step,
-        fixed_point_iters=iters,
-    )
-    if fixed:
-        return _select(accept, end, state), info
-    return _select(multinomial, (prop, drawn), (_select(accept, end, state), info))
 
 
 class _Tree(NamedTuple):
@@ -165,6 +106,25 @@ class _Tree(NamedTuple):
     sum_accept: Array
     turning: Array
     diverging: Array
+    iters: Array
+
+
+class _Run(NamedTuple):
+    """The inner loop's carry: the steps of one subtree, or the static trajectory."""
+
+    i: Array  # steps taken
+    state: object  # the last one's state
+    velocity: Array  # p♯ there (the tree)
+    energy: Array  # H there (the tree and the multinomial draw)
+    proposal: object
+    proposal_energy: Array
+    log_weight: Array  # log Σ exp(H₀ − H) over the states drawn from
+    rho: Array  # Σ p over the steps (the tree)
+    sum_accept: Array
+    checkpoints: tuple  # the tree's (p, p♯, ρ) at the first leaf of each open subtree
+    key: PRNGKey
+    turning: Array
+    failed: Array  # the tree: a divergence; the static scheme: a step that failed
     iters: Array
 
 
@@ -202,10 +162,54 @@ def no_u_turn(
     unless it turned or diverged, and each subtree samples its own proposal in
     proportion to exp(−H) (Betancourt 2017, A.3).
     """
+    return static_or_tree(
+        rng_key,
+        state,
+        step_fn,
+        grads_per_step,
+        energy_fn,
+        step_size,
+        None,
+        momentum_fn,
+        True,
+        max_tree_depth=max_tree_depth,
+        max_delta_energy=max_delta_energy,
+    )
+
+
+def static_or_tree(
+    rng_key: PRNGKey,
+    state,
+    step_fn: Callable,
+    grads_per_step: int,
+    energy_fn: Callable,
+    step_size: Array,
+    num_steps: Array | None,
+    momentum_fn: Callable | None,
+    use_tree: bool | Array,
+    *,
+    multinomial: bool | Array = False,
+    max_tree_depth: int = 10,
+    max_delta_energy: float = 1000.0,
+):
+    """:func:`no_u_turn` where ``use_tree`` is true, :func:`static` where it is false.
+
+    Both are one pair of loops: an outer one over the tree's doublings (the static
+    scheme: one pass) around an inner one that takes a step a pass. ``use_tree`` and
+    ``multinomial`` may be traced booleans; each scheme's bookkeeping is then under
+    ``lax.cond``, and ``step_fn`` and ``energy_fn`` are compiled once for both,
+    instead of once in each scheme's own loop.
+    """
     h0, v0 = energy_fn(state)
-    p0 = momentum_fn(state)
     dtype = h0.dtype
     zero_i = jnp.int32(0)
+    fixed = isinstance(use_tree, bool)
+    tree_only, static_only = fixed and use_tree, fixed and not use_tree
+    if static_only:  # no tree: nothing of its bookkeeping in the program
+        p0 = ckpt = None
+    else:
+        p0 = momentum_fn(state)
+        ckpt = jnp.zeros((max(max_tree_depth, 1), p0.size), dtype)
     tree = _Tree(
         left=state,
         right=state,
@@ -222,136 +226,219 @@ def no_u_turn(
         diverging=jnp.bool_(False),
         iters=zero_i,
     )
-    ckpt = jnp.zeros((max(max_tree_depth, 1), p0.size), dtype)
 
-    def leaf(s, signed_step):
-        s, info = step_fn(s, signed_step)
-        h, v = energy_fn(s)
+    def cond_or(pred, true_fn, false_fn, *args):
+        """``lax.cond``, or the branch itself where ``pred`` is a Python bool."""
+        if isinstance(pred, bool):
+            return (true_fn if pred else false_fn)(*args)
+        return jax.lax.cond(pred, true_fn, false_fn, *args)
+
+    def leaf(run, s, h, v, info):
+        """A new leaf of the tree's current subtree (Betancourt 2017, A.3)."""
+        key, k_take = random.split(run.key)
         delta = h - h0
         delta = jnp.where(info.ok & ~jnp.isnan(delta), delta, jnp.inf)
-        return s, h, v, delta, info.fixed_point_iters
+        p = momentum_fn(s)
+        new_log_w = jnp.logaddexp(run.log_weight, -delta)
+        take_prob = jnp.where(jnp.isfinite(new_log_w), jnp.exp(-delta - new_log_w), 0.0)
+        take = random.uniform(k_take, dtype=dtype) < take_prob
+        rho = run.rho + p
+        # the subtrees that end at leaf i: checked against the checkpointed first
+        # leaf of each (an even leaf i starts some and ends none)
+        i = run.i
+        lo, hi = _checkpoint_range(i)
+        even = (i % 2) == 0
+        p_ck, v_ck, rho_ck = run.checkpoints
+        p_ck = p_ck.at[hi].set(jnp.where(even, p, p_ck[hi]))
+        v_ck = v_ck.at[hi].set(jnp.where(even, v, v_ck[hi]))
+        rho_ck = rho_ck.at[hi].set(jnp.where(even, rho, rho_ck[hi]))
 
-    def subtree(tree, going_right, key):
-        """2^depth new leaves beyond the tree's end in the chosen direction."""
-        signed_step = jnp.where(going_right, step_size, -step_size)
-        start = _select(going_right, tree.right, tree.left)
-        num_leaves = jnp.left_shift(jnp.int32(1), tree.depth)
+        def check(c):
+            j, _ = c
+            rho_sub = rho - rho_ck[j] + p_ck[j]
+            return j - 1, _turning(v_ck[j], v, rho_sub)
 
-        def cond(carry):
-            i, *_, turning, diverging, _ = carry
-            return (i < num_leaves) & ~turning & ~diverging
-
-        def body(carry):
-            i, s, _, prop, prop_h, log_w, rho, acc, ckpts, key, _, _, iters = carry
-            key, k_take = random.split(key)
-            s, h, v, delta, it = leaf(s, signed_step)
-            p = momentum_fn(s)
-            new_log_w = jnp.logaddexp(log_w, -delta)
-            take_prob = jnp.where(jnp.isfinite(new_log_w), jnp.exp(-delta - new_log_w), 0.0)
-            take = random.uniform(k_take, dtype=dtype) < take_prob
-            prop = _select(take, s, prop)
-            prop_h = jnp.where(take, h, prop_h)
-            rho = rho + p
-            acc = acc + jnp.clip(jnp.exp(-delta), 0.0, 1.0)
-            diverging = delta > max_delta_energy
-            # the subtrees that end at leaf i: checked against the checkpointed first
-            # leaf of each (an even leaf i starts some and ends none)
-            lo, hi = _checkpoint_range(i)
-            even = (i % 2) == 0
-            p_ck, v_ck, rho_ck = ckpts
-            p_ck = p_ck.at[hi].set(jnp.where(even, p, p_ck[hi]))
-            v_ck = v_ck.at[hi].set(jnp.where(even, v, v_ck[hi]))
-            rho_ck = rho_ck.at[hi].set(jnp.where(even, rho, rho_ck[hi]))
-
-            def check(c):
-                j, _ = c
-                rho_sub = rho - rho_ck[j] + p_ck[j]
-                return j - 1, _turning(v_ck[j], v, rho_sub)
-
-            _, turning = jax.lax.while_loop(
-                lambda c: (c[0] >= lo) & ~c[1], check, (hi, jnp.bool_(False))
-            )
-            return (
-                i + 1,
-                s,
-                v,
-                prop,
-                prop_h,
-                new_log_w,
-                rho,
-                acc,
-                (p_ck, v_ck, rho_ck),
-                key,
-                turning,
-                diverging,
-                jnp.maximum(iters, it),
-            )
-
-        init = (
-            zero_i,
-            start,
-            v0,
-            start,
-            h0,
-            jnp.asarray(-jnp.inf, dtype),
-            jnp.zeros_like(p0),
-            jnp.zeros((), dtype),
-            (ckpt, ckpt, ckpt),
-            key,
-            jnp.bool_(False),
-            jnp.bool_(False),
-            zero_i,
+        _, turning = jax.lax.while_loop(
+            lambda c: (c[0] >= lo) & ~c[1], check, (hi, jnp.bool_(False))
         )
-        out = jax.lax.while_loop(cond, body, init)
-        steps, end, v_end, prop, prop_h, log_w, rho, acc, _, _, turning, diverging, iters = out
-        return steps, end, v_end, prop, prop_h, log_w, rho, acc, turning, diverging, iters
+        return run._replace(
+            proposal=_select(take, s, run.proposal),
+            proposal_energy=jnp.where(take, h, run.proposal_energy),
+            log_weight=new_log_w,
+            rho=rho,
+            sum_accept=run.sum_accept + jnp.clip(jnp.exp(-delta), 0.0, 1.0),
+            checkpoints=(p_ck, v_ck, rho_ck),
+            key=key,
+            turning=turning,
+            failed=delta > max_delta_energy,
+        )
 
-    def double(carry):
-        tree, key = carry
+    def draw(run, s, h):
+        """The opening window's multinomial draw of a static trajectory's state."""
+        delta = jnp.where(~run.failed & jnp.isfinite(h), h - h0, jnp.inf)
+        new_log_w = jnp.logaddexp(run.log_weight, -delta)
+        key, sub = random.split(run.key)
+        take = random.uniform(sub, dtype=dtype) < jnp.exp(-delta - new_log_w)
+        return run._replace(
+            proposal=_select(take, s, run.proposal),
+            proposal_energy=jnp.where(take, h, run.proposal_energy),
+            log_weight=new_log_w,
+            sum_accept=run.sum_accept + jnp.clip(jnp.exp(-delta), 0.0, 1.0),
+            key=key,
+            failed=run.failed | (delta > max_delta_energy),
+        )
+
+    def static_step(run, s, h, v, info):
+        run = run._replace(failed=run.failed | ~info.ok)
+        return cond_or(multinomial, draw, lambda run, s, h: run, run, s, h)
+
+    def steps(run, signed_step, num):
+        """Steps from ``run.state`` until ``num``, a failure or (the tree) a U-turn."""
+
+        def cond(run):
+            return (run.i < num) & ~run.turning & ~run.failed
+
+        def body(run):
+            s, info = step_fn(run.state, signed_step)
+            # H and p♯ at every tree leaf and multinomial draw (the static end point's
+            # after the loop: a condition on the step count would be batched under
+            # vmap, and evaluate them at every step)
+            need = use_tree | multinomial
+            h, v = cond_or(need, energy_fn, lambda s: (run.energy, run.velocity), s)
+            run = cond_or(use_tree, leaf, static_step, run, s, h, v, info)
+            return run._replace(
+                i=run.i + 1,
+                state=s,
+                velocity=v,
+                energy=h,
+                iters=jnp.maximum(run.iters, info.fixed_point_iters),
+            )
+
+        return jax.lax.while_loop(cond, body, run)
+
+    def fresh(start, log_weight, key):
+        return _Run(
+            i=zero_i,
+            state=start,
+            velocity=v0,
+            energy=h0,
+            proposal=start,
+            proposal_energy=h0,
+            log_weight=jnp.asarray(log_weight, dtype),
+            rho=None if p0 is None else jnp.zeros_like(p0),
+            sum_accept=jnp.zeros((), dtype),
+            checkpoints=(ckpt, ckpt, ckpt),
+            key=key,
+            turning=jnp.bool_(False),
+            failed=jnp.bool_(False),
+            iters=zero_i,
+        )
+
+    def double(tree, key):
+        """One doubling: 2^depth new leaves beyond the tree's end in a random direction."""
         key, k_dir, k_sub, k_take = random.split(key, 4)
         going_right = random.bernoulli(k_dir)
-        steps, end, v_end, prop, prop_h, log_w, rho, acc, turning, diverging, iters = subtree(
-            tree, going_right, k_sub
-        )
-        left = _select(going_right, tree.left, end)
-        right = _select(going_right, end, tree.right)
-        v_left = jnp.where(going_right, tree.v_left, v_end)
-        v_right = jnp.where(going_right, v_end, tree.v_right)
-        rho_all = tree.rho + rho
+        signed_step = jnp.where(going_right, step_size, -step_size)
+        start = _select(going_right, tree.right, tree.left)
+        run = fresh(start, -jnp.inf, k_sub)
+        return going_right, signed_step, run, k_take, key
+
+    def merge(tree, going_right, run, k_take):
+        left = _select(going_right, tree.left, run.state)
+        right = _select(going_right, run.state, tree.right)
+        v_left = jnp.where(going_right, tree.v_left, run.velocity)
+        v_right = jnp.where(going_right, run.velocity, tree.v_right)
+        rho_all = tree.rho + run.rho
         # biased progressive sampling: prefer the new half, never from a bad one
         take_prob = jnp.where(
-            turning | diverging, 0.0, jnp.clip(jnp.exp(log_w - tree.log_weight), 0.0, 1.0)
+            run.turning | run.failed,
+            0.0,
+            jnp.clip(jnp.exp(run.log_weight - tree.log_weight), 0.0, 1.0),
         )
         take = random.uniform(k_take, dtype=dtype) < take_prob
-        tree = _Tree(
+        return _Tree(
             left=left,
             right=right,
             v_left=v_left,
             v_right=v_right,
-            proposal=_select(take, prop, tree.proposal),
-            proposal_energy=jnp.where(take, prop_h, tree.proposal_energy),
-            log_weight=jnp.logaddexp(tree.log_weight, log_w),
+            proposal=_select(take, run.proposal, tree.proposal),
+            proposal_energy=jnp.where(take, run.proposal_energy, tree.proposal_energy),
+            log_weight=jnp.logaddexp(tree.log_weight, run.log_weight),
             rho=rho_all,
             depth=tree.depth + 1,
-            num_steps=tree.num_steps + steps,
-            sum_accept=tree.sum_accept + acc,
-            turning=turning | _turning(v_left, v_right, rho_all),
-            diverging=diverging,
-            iters=jnp.maximum(tree.iters, iters),
+            num_steps=tree.num_steps + run.i,
+            sum_accept=tree.sum_accept + run.sum_accept,
+            turning=run.turning | _turning(v_left, v_right, rho_all),
+            diverging=run.failed,
+            iters=jnp.maximum(tree.iters, run.iters),
         )
-        return tree, key
 
-    def keep_going(carry):
-        tree, _ = carry
-        return (tree.depth < max_tree_depth) & ~tree.turning & ~tree.diverging
+    key_take = random.fold_in(rng_key, 1)
 
-    tree, _ = jax.lax.while_loop(keep_going, double, (tree, rng_key))
-    info = TransitionInfo(
-        accept_prob=tree.sum_accept / jnp.maximum(tree.num_steps, 1),
-        diverging=tree.diverging,
-        energy=tree.proposal_energy,
-        num_steps=tree.num_steps,
-        num_grad_evals=tree.num_steps * grads_per_step,
-        fixed_point_iters=tree.iters,
-    )
-    return tree.proposal, info
+    def pass_(carry):
+        """One doubling of the tree, or the static trajectory; the inner loop is shared."""
+        tree, key, _, _ = carry
+        if static_only:
+            going_right, signed_step, num = True, step_size, num_steps
+            run = fresh(state, 0.0, key_take)
+        else:
+            going_right, signed_step, run, k_take, key = double(tree, key)
+            num = jnp.left_shift(jnp.int32(1), tree.depth)
+            if not tree_only:  # traced: the static trajectory where use_tree is false
+                signed_step = jnp.where(use_tree, signed_step, step_size)
+                num = jnp.where(use_tree, num, num_steps)
+                run = _select(use_tree, run, fresh(state, 0.0, key_take))
+        run = steps(run, signed_step, num)
+        if not static_only:
+            tree = cond_or(use_tree, lambda: merge(tree, going_right, run, k_take), lambda: tree)
+        return tree, key, jnp.bool_(True), run
+
+    def more(carry):
+        tree, _, started, _ = carry
+        growing = (tree.depth < max_tree_depth) & ~tree.turning & ~tree.diverging
+        if fixed:
+            return growing if use_tree else ~started
+        return jnp.where(use_tree, growing, ~started)
+
+    blank = fresh(state, 0.0, key_take)
+    tree, _, _, run = jax.lax.while_loop(more, pass_, (tree, rng_key, jnp.bool_(False), blank))
+
+    def tree_result():
+        return tree.proposal, TransitionInfo(
+            accept_prob=tree.sum_accept / jnp.maximum(tree.num_steps, 1),
+            diverging=tree.diverging,
+            energy=tree.proposal_energy,
+            num_steps=tree.num_steps,
+            num_grad_evals=tree.num_steps * grads_per_step,
+            fixed_point_iters=tree.iters,
+        )
+
+    def drawn():
+        return run.proposal, TransitionInfo(
+            accept_prob=run.sum_accept / jnp.maximum(run.i, 1),
+            diverging=run.failed,
+            energy=run.proposal_energy,
+            num_steps=run.i,
+            num_grad_evals=run.i * grads_per_step,
+            fixed_point_iters=run.iters,
+        )
+
+    def end_point():
+        h1, _ = energy_fn(run.state)
+        delta = h1 - h0
+        ok = ~run.failed & jnp.isfinite(delta)
+        accept_prob = jnp.where(ok, jnp.clip(jnp.exp(-delta), 0.0, 1.0), 0.0)
+        accept = ok & (random.uniform(rng_key, dtype=dtype) < accept_prob)
+        return _select(accept, run.state, state), TransitionInfo(
+            accept_prob=accept_prob,
+            diverging=~ok | (delta > max_delta_energy),
+            energy=jnp.where(accept, h1, h0),
+            num_steps=run.i,
+            num_grad_evals=run.i * grads_per_step,
+            fixed_point_iters=run.iters,
+        )
+
+    def static_result():
+        return cond_or(multinomial, drawn, end_point)
+
+    return cond_or(use_tree, tree_result, static_result)
