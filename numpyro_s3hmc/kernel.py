@@ -736,7 +736,17 @@ class S3HMC(MCMCKernel):
         return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
 
     def _search_then_transition(
-        self, first, key_search, key_steps, key, step_size, length, transition, tree, multinomial
+        self,
+        first,
+        key_search,
+        key_steps,
+        key,
+        step_size,
+        length,
+        start,
+        transition,
+        tree,
+        multinomial,
     ):
         """:func:`find_reasonable_step_size` where ``first`` is true, then the transition,
         in one loop around one call of ``transition``: each trial of the search is the
@@ -782,15 +792,8 @@ class S3HMC(MCMCKernel):
         i32 = jnp.int32(0)
         search = (step_size, i32, i32, key_search, i32)
         # the loop's first pass fills these; their values are never read
-        new, info = jax.eval_shape(
-            lambda: transition(
-                key,
-                step_size=step_size,
-                num_steps=jnp.int32(1),
-                **_scheme_kwargs(tree, multinomial),
-            )
-        )
-        blank = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (new, info))
+        zero = jnp.zeros((), start.potential_energy.dtype)
+        blank = (start, TransitionInfo(zero, jnp.bool_(False), zero, i32, i32, i32))
         search, _, new, info = jax.lax.while_loop(
             lambda c: ~c[1], body, (search, jnp.bool_(False), *blank)
         )
@@ -853,6 +856,7 @@ class S3HMC(MCMCKernel):
                 key_transition,
                 adapt_state.step_size,
                 length,
+                start,
                 transition,
                 tree,
                 multinomial,
