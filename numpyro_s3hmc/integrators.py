@@ -47,7 +47,6 @@ import jax.numpy as jnp
 from numpyro_s3hmc._types import Array
 from numpyro_s3hmc.metrics import (
     SemiSeparableMetric,
-    coupling_energy,
     coupling_energy_grad,
     param_solver,
 )
@@ -90,7 +89,7 @@ def _param_leapfrog(potential_and_grad, solve, state, h):
 
 def _hyper_force(metric, state):
     """∂V_η/∂η with V_η = U + ½log|G_θ(η)| + ½ r_θᵀG_θ(η)⁻¹r_θ."""
-    return state.grad_eta + jax.grad(coupling_energy, argnums=1)(metric, state.eta, state.r_theta)
+    return state.grad_eta + coupling_energy_grad(metric, state.eta, state.r_theta)[0]
 
 
 def _hyper_leapfrog(potential_and_grad, metric, state, h):

@@ -19,6 +19,10 @@ above ``max_delta_energy``.
   Riemannian criterion, Betancourt 2013; Stan's ``base_nuts.hpp`` without its
   extra checks across merged halves, which NumPyro does not make either).
   NumPyro's and BlackJAX's trees take a constant mass matrix only.
+- :func:`static_or_tree`: either, chosen by a boolean that may be traced (warmup's
+  trial of both schemes). Both schemes are one pair of loops, the tree's doublings
+  around the steps of each (the static trajectory: one pass), so that the
+  integrator's step and the energy are compiled once, not once per scheme.
 
 References
 ----------
