@@ -88,6 +88,23 @@ def test_auto_without_a_trial_is_the_static_kernel_opening_window_included():
     assert not bool(runs[0].last_state.metric_state.use_tree)
 
 
+@pytest.mark.parametrize("trajectory", ["static", "nuts", "auto"])
+def test_step_size_search_inside_the_transition_is_the_separate_search(trajectory):
+    # the first warmup iteration searches the step size through the transition's own
+    # call (one compiled copy of the integrator); vectorized chains search in a loop of
+    # their own: both find the same size and draw the same transition, in float64
+    with jax.enable_x64(True):
+        kernel = S3HMC(regression, trajectory=trajectory, step_size=30.0)
+        state = kernel.init(jax.random.PRNGKey(3), 1000, model_args=(X, Y))
+        sample = functools.partial(kernel._sample_chain, model_args=(X, Y), model_kwargs={})
+        folded = jax.jit(sample)(state)
+        separate = jax.jit(functools.partial(sample, fold_search=False))(state)
+        for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(separate), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+        # the search did run: from a start far too large it halved the size many times
+        assert float(folded.adapt_state.step_size) < 30.0 / 4
+
+
 def test_default_fields_for_arviz():
     fields = run().get_extra_fields()
     for name in (

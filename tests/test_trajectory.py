@@ -147,6 +147,31 @@ def test_static_with_a_traced_multinomial_flag_is_the_fixed_scheme(multinomial):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
 
 
+# the tree has no multinomial variant (the kernel never asks for one)
+@pytest.mark.parametrize("use_tree, multinomial", [(True, False), (False, True), (False, False)])
+def test_static_or_tree_with_traced_flags_is_the_fixed_scheme(use_tree, multinomial):
+    # trajectory="auto" passes both flags traced, so that the tree and the static length
+    # share one loop and one compiled step: the same draws as each scheme on its own
+    s = State(
+        jnp.array([3.0, -3.0]), jnp.array([1.0, 0.5]), jax.grad(potential)(jnp.array([3.0, -3.0]))
+    )
+    key = jax.random.PRNGKey(2)
+    for size in (0.05, 0.3, 0.6):  # deep trees, short ones, and past the stability limit
+        if use_tree:
+            fixed = trajectory.no_u_turn(key, s, leapfrog, 1, energy, size, lambda s: s.p, 10)
+        else:
+            fixed = trajectory.static(
+                key, s, leapfrog, 1, energy, size, 40, multinomial=multinomial
+            )
+        traced = jax.jit(
+            lambda tree, flag: trajectory.static_or_tree(
+                key, s, leapfrog, 1, energy, size, 40, lambda s: s.p, tree, multinomial=flag
+            )
+        )(jnp.bool_(use_tree), jnp.bool_(multinomial))
+        for a, b in zip(jax.tree.leaves(fixed), jax.tree.leaves(traced), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
 def test_auto_tries_both_schemes_in_the_first_half_of_the_last_slow_window():
     from numpyro.infer.hmc_util import build_adaptation_schedule
 
