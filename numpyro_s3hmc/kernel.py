@@ -162,7 +162,6 @@ def find_reasonable_step_size(
     it, with S3HMC's own integrator and metric: a start far off the right scale
     costs a few gradients here instead of a collapsed warmup.
     """
-    finfo = jnp.finfo(jnp.result_type(step_size))
 
     def body(carry):
         size, _, direction, key, i = carry
@@ -172,15 +171,17 @@ def find_reasonable_step_size(
         new_direction = jnp.where(info.accept_prob > target_accept_prob, 1, -1).astype(jnp.int32)
         return size, direction, new_direction, key, i + 1
 
-    def cond(carry):
-        size, last, direction, _, i = carry
-        in_range = ((size > finfo.tiny) | (direction >= 0)) & (
-            (size < finfo.max) | (direction <= 0)
-        )
-        return in_range & (i < max_iter) & ((last == 0) | (direction == last))
-
     init = (step_size, jnp.int32(0), jnp.int32(0), rng_key, jnp.int32(0))
-    return jax.lax.while_loop(cond, body, init)[0]
+    return jax.lax.while_loop(partial(_keep_searching, max_iter=max_iter), body, init)[0]
+
+
+def _keep_searching(search, max_iter: int = 30):
+    """Whether :func:`find_reasonable_step_size` tries another size: the last trial
+    turned the same way as the one before, within the float range and ``max_iter``."""
+    size, last, direction, _, i = search
+    finfo = jnp.finfo(jnp.result_type(size))
+    in_range = ((size > finfo.tiny) | (direction >= 0)) & ((size < finfo.max) | (direction <= 0))
+    return in_range & (i < max_iter) & ((last == 0) | (direction == last))
 
 
 def _scheme_kwargs(tree, multinomial) -> dict:
@@ -752,18 +753,10 @@ class S3HMC(MCMCKernel):
         in one loop around one call of ``transition``: each trial of the search is the
         static scheme with one step, as the search's own call is. Returns the step size
         (the search's where ``first``) and the transition's state and info."""
-        finfo = jnp.finfo(jnp.result_type(step_size))
-
-        def searching(search):
-            size, last, direction, _, j = search
-            in_range = ((size > finfo.tiny) | (direction >= 0)) & (
-                (size < finfo.max) | (direction <= 0)
-            )
-            return first & in_range & (j < 30) & ((last == 0) | (direction == last))
 
         def body(carry):
             search, _, _, _ = carry
-            trying = searching(search)
+            trying = first & _keep_searching(search)
             size, last, direction, key_s, j = search
             key_s, sub = random.split(key_s)
             size = jnp.where(trying, size * jnp.exp2(direction).astype(size.dtype), size)
