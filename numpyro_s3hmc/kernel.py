@@ -257,11 +257,11 @@ class S3HMC(MCMCKernel):
         chains follow their majority. With fewer than 400 warmup iterations (a
         trial shorter than 100 transitions) it is the static length. Measured (docs/design.md §6.2): the
         static length on funnels, eight schools, BNN diabetes and the demo, the tree
-        on the BNN sine, whose weights the static length left unconverged. The tree is
-        compiled beside the static length: the demo's sampler compiles in 26 s against
-        19 s under the static default (a fresh process, benchmarks/results.md), so pass
-        ``"static"`` where the hyperparameters are known to be the slow variables and
-        compilation matters.
+        on the BNN sine, whose weights the static length left unconverged. The tree
+        shares the static length's loop and integrator step, and its bookkeeping still
+        compiles: the demo's transition compiles in 2.2 s against 1.5 s with the static
+        length alone (benchmarks/results.md), so pass ``"static"`` where the
+        hyperparameters are known to be the slow variables and compilation matters.
         ``"static"``: the jittered length above, one
         Metropolis-Hastings test of its end point; where the hyperparameters are
         the slow variables its end points are near-antithetic in them.
