@@ -237,25 +237,32 @@ def static_or_tree(
             return (true_fn if pred else false_fn)(*args)
         return jax.lax.cond(pred, true_fn, false_fn, *args)
 
-    def leaf(run, s, h, v, info):
-        """A new leaf of the tree's current subtree (Betancourt 2017, A.3)."""
-        key, k_take = random.split(run.key)
-        delta = h - h0
-        delta = jnp.where(info.ok & ~jnp.isnan(delta), delta, jnp.inf)
+    def checkpoint(run, s, v):
+        """ρ with the new leaf's p, and the checkpoints with its (p, p♯, ρ) where it
+        starts subtrees (an even leaf). Outside the scheme's ``lax.cond``, which would
+        otherwise copy the checkpoints in and out at every step."""
         p = momentum_fn(s)
-        new_log_w = jnp.logaddexp(run.log_weight, -delta)
-        take_prob = jnp.where(jnp.isfinite(new_log_w), jnp.exp(-delta - new_log_w), 0.0)
-        take = random.uniform(k_take, dtype=dtype) < take_prob
         rho = run.rho + p
-        # the subtrees that end at leaf i: checked against the checkpointed first
-        # leaf of each (an even leaf i starts some and ends none)
-        i = run.i
-        lo, hi = _checkpoint_range(i)
-        even = (i % 2) == 0
+        hi = _checkpoint_range(run.i)[1]
+        even = (run.i % 2) == 0
         p_ck, v_ck, rho_ck = run.checkpoints
         p_ck = p_ck.at[hi].set(jnp.where(even, p, p_ck[hi]))
         v_ck = v_ck.at[hi].set(jnp.where(even, v, v_ck[hi]))
         rho_ck = rho_ck.at[hi].set(jnp.where(even, rho, rho_ck[hi]))
+        return rho, (p_ck, v_ck, rho_ck)
+
+    def leaf(run, s, h, v, info, rho, checkpoints):
+        """A new leaf of the tree's current subtree (Betancourt 2017, A.3)."""
+        key, k_take = random.split(run.key)
+        delta = h - h0
+        delta = jnp.where(info.ok & ~jnp.isnan(delta), delta, jnp.inf)
+        new_log_w = jnp.logaddexp(run.log_weight, -delta)
+        take_prob = jnp.where(jnp.isfinite(new_log_w), jnp.exp(-delta - new_log_w), 0.0)
+        take = random.uniform(k_take, dtype=dtype) < take_prob
+        # the subtrees that end at leaf i: checked against the checkpointed first
+        # leaf of each (an even leaf i starts some and ends none)
+        lo, hi = _checkpoint_range(run.i)
+        p_ck, v_ck, rho_ck = checkpoints
 
         def check(c):
             j, _ = c
@@ -271,7 +278,6 @@ def static_or_tree(
             log_weight=new_log_w,
             rho=rho,
             sum_accept=run.sum_accept + jnp.clip(jnp.exp(-delta), 0.0, 1.0),
-            checkpoints=(p_ck, v_ck, rho_ck),
             key=key,
             turning=turning,
             failed=delta > max_delta_energy,
@@ -292,7 +298,7 @@ def static_or_tree(
             failed=run.failed | (delta > max_delta_energy),
         )
 
-    def static_step(run, s, h, v, info):
+    def static_step(run, s, h, v, info, rho, checkpoints):
         run = run._replace(failed=run.failed | ~info.ok)
         return cond_or(multinomial, draw, lambda run, s, h: run, run, s, h)
 
@@ -309,8 +315,23 @@ def static_or_tree(
             # vmap, and evaluate them at every step)
             need = use_tree | multinomial
             h, v = cond_or(need, energy_fn, lambda s: (run.energy, run.velocity), s)
-            run = cond_or(use_tree, leaf, static_step, run, s, h, v, info)
+            rho, checkpoints = run.rho, run.checkpoints
+            if not static_only:
+                rho, checkpoints = checkpoint(run, s, v)
+            run = cond_or(
+                use_tree,
+                leaf,
+                static_step,
+                run._replace(checkpoints=None),
+                s,
+                h,
+                v,
+                info,
+                rho,
+                checkpoints,
+            )
             return run._replace(
+                checkpoints=checkpoints,
                 i=run.i + 1,
                 state=s,
                 velocity=v,
