@@ -311,7 +311,11 @@ class S3HMC(MCMCKernel):
         against centred (benchmarks/results.md): eight schools 99 against 30 ESS per
         1,000 gradients, the BNN sine's precisions 0.64 against 0.15, the 50-D
         prior-only funnels 111–388 against 12–100; where the data dominate the pilot
-        picks centred and the two are the same sampler.
+        picks centred and the two are the same sampler. A non-centred site's θ̃ and an
+        ungoverned site take the inverse Welford variance as their metric where the
+        median over the site of F·v (mean squared gradient times variance, 1 for a
+        Gaussian) exceeds 50, as a BNN's non-centred layers and their precisions do
+        (docs/design.md §3).
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -555,6 +559,7 @@ class S3HMC(MCMCKernel):
             target_accept_prob=self._target_accept_prob,
             parents=parents,
             ungoverned_mass=self._ungoverned_mass,
+            free_sites=self._partition.site_indices(self._free_sites()),
             use_tree=self._trajectory == "nuts",
         )
         # trajectory="auto": the warmup window in which both schemes are tried
@@ -696,6 +701,16 @@ class S3HMC(MCMCKernel):
         return coupling._replace(
             b_rows=jnp.asarray(coupling.b_rows, dtype),
             b_parents=jnp.asarray(coupling.b_parents, dtype),
+        )
+
+    def _free_sites(self):
+        """The θ sites free of η whose metric is adapted: the non-centred ones
+        (θ̃ ~ N(0, 1)) and the ungoverned ones, location parents aside."""
+        sites = self._partition.param_sites
+        return tuple(
+            k
+            for k, p in sites.items()
+            if (k in self._decentred or not p.governed.any()) and not p.location_of
         )
 
     def _init_chain(self, z, rng_key, model_args, model_kwargs):

@@ -130,6 +130,13 @@ class SitePartition:
             return np.zeros((0,), bool)
         return np.concatenate([self.param_sites[k].governed.ravel() for k in self.params])
 
+    def site_indices(self, sites) -> tuple:
+        """The flat θ indices of each of ``sites`` (those among the parameters)."""
+        offsets = np.cumsum([0] + [self.param_sites[k].governed.size for k in self.params])
+        return tuple(
+            np.arange(offsets[i], offsets[i + 1]) for i, k in enumerate(self.params) if k in sites
+        )
+
     def __str__(self) -> str:
         lines = ["hyperparameters (η = log h; c = children's Fisher information in η + k):"]
         for k in self.hyper:

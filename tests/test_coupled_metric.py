@@ -337,6 +337,39 @@ def test_noncentred_coordinates_are_exact_and_keep_the_user_names():
     assert_mean(s["theta"][..., 3] ** 2, 1.0 + 4.0 + 4.0, "theta[3]^2")
 
 
+def ring():
+    # non-centred, theta_decentered = theta / sigma lies near the unit circle in each
+    # pair: the chains travel around a thin ring, so each coordinate's variance is
+    # about 1/2 while its mean squared gradient is in the thousands (F v >> 1)
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    theta = numpyro.sample("theta", dist.Normal(0.0, sigma).expand([3, 2]))
+    numpyro.sample("y", dist.Normal(jnp.sum((theta / sigma) ** 2, -1), 0.05), obs=jnp.ones(3))
+
+
+@pytest.mark.parametrize("model, spread", [(located_funnel, False), (ring, True)])
+def test_noncentred_site_metric_by_its_spread(model, spread):
+    """A non-centred site whose F v (mean squared gradient times variance, 1 for a
+    Gaussian) has a median above SPREAD takes the inverse Welford variance as its
+    metric, as NUTS's mass after LocScaleReparam(0); else its prior precision (1)
+    scaled to F, as every governed site's."""
+    from numpyro_s3hmc.adaptation import SPREAD
+
+    kernel = S3HMC(model, coordinates="noncentred")
+    mcmc = MCMC(kernel, num_warmup=400, num_samples=1, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    state = mcmc.last_state
+    (idx,) = kernel.partition.site_indices(("theta_decentered",))
+    var = np.asarray(state.adapt_state.inverse_mass_matrix)[idx]
+    scale = np.asarray(state.metric_state.prior_scale)[idx]
+    if spread:
+        np.testing.assert_allclose(scale, 1.0 / var, rtol=1e-5)
+        assert np.all(var > 0.1)  # the chains went around the ring
+    else:
+        # F (less its noise margin) times v: near 1, as for a Gaussian
+        assert np.median(scale * var) < SPREAD / 10
+        assert np.all(scale >= 1.0)
+
+
 def test_unknown_coordinates_is_an_error():
     with pytest.raises(ValueError, match="coordinates must be one of"):
         S3HMC(located_funnel, coordinates="partial")
