@@ -776,10 +776,8 @@ class S3HMC(MCMCKernel):
             key_s, sub = random.split(key_s)
             size = jnp.where(trying, size * jnp.exp2(direction).astype(size.dtype), size)
             steps = jnp.where(trying, 1, self._trajectory_steps(key_steps, size, length))
-            if isinstance(tree, bool) and tree:
-                tree_now = ~trying
-            else:
-                tree_now = tree if isinstance(tree, bool) else tree & ~trying
+            # a Python False stays one: a static-only model compiles no tree
+            tree_now = tree if tree is False else tree & ~trying
             mult = multinomial if isinstance(multinomial, bool) else multinomial & ~trying
             new, info = transition(
                 jnp.where(trying, sub, key),

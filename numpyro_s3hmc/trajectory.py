@@ -428,24 +428,25 @@ def static_or_tree(
     blank = fresh(state, 0.0, key_take)
     tree, _, _, run = jax.lax.while_loop(more, pass_, (tree, rng_key, jnp.bool_(False), blank))
 
+    def sampled(sum_accept, num, diverging, energy, iters):
+        """A state drawn along the trajectory: its info, the mean acceptance over it."""
+        return TransitionInfo(
+            accept_prob=sum_accept / jnp.maximum(num, 1),
+            diverging=diverging,
+            energy=energy,
+            num_steps=num,
+            num_grad_evals=num * grads_per_step,
+            fixed_point_iters=iters,
+        )
+
     def tree_result():
-        return tree.proposal, TransitionInfo(
-            accept_prob=tree.sum_accept / jnp.maximum(tree.num_steps, 1),
-            diverging=tree.diverging,
-            energy=tree.proposal_energy,
-            num_steps=tree.num_steps,
-            num_grad_evals=tree.num_steps * grads_per_step,
-            fixed_point_iters=tree.iters,
+        return tree.proposal, sampled(
+            tree.sum_accept, tree.num_steps, tree.diverging, tree.proposal_energy, tree.iters
         )
 
     def drawn():
-        return run.proposal, TransitionInfo(
-            accept_prob=run.sum_accept / jnp.maximum(run.i, 1),
-            diverging=run.failed,
-            energy=run.proposal_energy,
-            num_steps=run.i,
-            num_grad_evals=run.i * grads_per_step,
-            fixed_point_iters=run.iters,
+        return run.proposal, sampled(
+            run.sum_accept, run.i, run.failed, run.proposal_energy, run.iters
         )
 
     def end_point():
