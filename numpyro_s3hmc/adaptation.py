@@ -30,9 +30,9 @@ Elements whose prior is not a hyperparameter-scaled ``Normal`` get d_i = F_i
 (or 1/v_i), a diagonal mass matrix. d changes only at the end of a window, so each
 trajectory sees a fixed metric.
 
-The sites free of η (the kernel's non-centred θ̃ ~ N(0, 1) and the ungoverned ones)
-take 1/v_i instead, under the default, where the median over the site of F_i v_i
-exceeds :data:`SPREAD`. F v is 1 for a Gaussian marginal and at least 1 for any
+The θ elements free of η (the kernel's non-centred θ̃ ~ N(0, 1) and the ungoverned
+ones) take 1/v_i instead, under the default, where the median over all of them of
+F_i v_i exceeds :data:`SPREAD`. F v is 1 for a Gaussian marginal and at least 1 for any
 (Cramér–Rao); it is large where the chains travel far along a ridge or through
 narrow modes, as a BNN's non-centred weights do. There the mean curvature is a local
 scale, not the distance a trajectory must cover (docs/design.md §3).
@@ -49,9 +49,10 @@ from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging, wa
 from numpyro_s3hmc._types import Array
 
 PARAM_METRICS = ("prior*fisher", "prior+fisher", "prior+variance", "prior")
-# the median of F_i v_i over a site free of η above which its metric is 1/v_i: between
-# BNN diabetes' largest (37) and the BNN sine's smallest (72), docs/design.md §3
-SPREAD = 50.0
+# the median of F_i v_i over the θ elements free of η above which their metric is 1/v_i:
+# between BNN diabetes' (2.3–5.6 at every window end) and the BNN sine's (64–490),
+# docs/design.md §3
+SPREAD = 20.0
 UNGOVERNED_MASSES = ("gradient", "variance", "fisher")
 
 
@@ -83,7 +84,7 @@ def metric_adapter(
     target_accept_prob: float = 0.8,
     parents: Array | None = None,
     ungoverned_mass: str = "fisher",
-    free_sites: tuple = (),
+    free: Array | None = None,
     use_tree: bool = False,
 ):
     """Return ``(init_fn, update_fn)`` for the step size, θ metric and path length.
@@ -108,6 +109,7 @@ def metric_adapter(
     # a location parent's curvature is the prior-factor diagonal plus an excess (its
     # own data), as for a governed element, even where it has no prior factor itself
     excess = governed | (False if parents is None else np.asarray(parents, bool))
+    free = np.zeros(governed.shape, bool) if free is None else np.asarray(free, bool)
     c = np.asarray(hyper_precision)
     n = governed.size
     size = n + c.size
@@ -170,21 +172,14 @@ def metric_adapter(
             scale = jnp.where(scaled, 1.0 + extra / mean, 1.0).astype(d.dtype)
             extra = jnp.where(scaled, 0.0, extra)
         d = jnp.where(excess, extra, _ungoverned(fisher, var_theta))
-        if param_metric == "prior*fisher":
-            d, scale = _spread_sites(d, scale, fisher, var_theta, mean)
+        if param_metric == "prior*fisher" and free.any():
+            # the elements free of η, all together: 1/v where F·v is large (docs §3)
+            spread = jnp.median((fisher * var_theta)[free]) > SPREAD
+            # a non-centred θ̃'s prior precision is 1: scale it to 1/v
+            by_variance = 1.0 / (var_theta * jnp.maximum(mean, 1e-30))
+            scale = jnp.where(spread & free & governed, by_variance, scale)
+            d = jnp.where(spread & free & ~governed, 1.0 / var_theta, d)
         return d.astype(metric_state.data_precision.dtype), scale
-
-    def _spread_sites(d, scale, fisher, var_theta, mean):
-        """1/v_i on each site free of η (non-centred or ungoverned) whose F·v is
-        large (docs/design.md §3)."""
-        for idx in free_sites:
-            spread = jnp.median(fisher[idx] * var_theta[idx]) > SPREAD
-            if governed[idx].all():  # non-centred: the prior precision is 1, scale it
-                by_variance = 1.0 / (var_theta[idx] * jnp.maximum(mean[idx], 1e-30))
-                scale = scale.at[idx].set(jnp.where(spread, by_variance, scale[idx]))
-            else:
-                d = d.at[idx].set(jnp.where(spread, 1.0 / var_theta[idx], d[idx]))
-        return d, scale
 
     def update_fn(i, accept_prob, z, grad_theta, prior_precision, wa_state, metric_state):
         in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)

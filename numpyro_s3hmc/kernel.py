@@ -313,9 +313,9 @@ class S3HMC(MCMCKernel):
         prior-only funnels 111–388 against 12–100; where the data dominate the pilot
         picks centred and the two are the same sampler. A non-centred site's θ̃ and an
         ungoverned site take the inverse Welford variance as their metric where the
-        median over the site of F·v (mean squared gradient times variance, 1 for a
-        Gaussian) exceeds 50, as a BNN's non-centred layers and their precisions do
-        (docs/design.md §3).
+        median over all such elements of F·v (mean squared gradient times variance, 1
+        for a Gaussian) exceeds 20, as a BNN's non-centred layers and their precisions
+        do (docs/design.md §3).
     hyper_sites, count_observations : see :func:`~numpyro_s3hmc.partition_sites`.
     init_strategy : a NumPyro init strategy.
     integrator_kwargs : ``param_steps``, ``hyper_steps`` (inner leapfrog steps of
@@ -559,7 +559,7 @@ class S3HMC(MCMCKernel):
             target_accept_prob=self._target_accept_prob,
             parents=parents,
             ungoverned_mass=self._ungoverned_mass,
-            free_sites=self._partition.site_indices(self._free_sites()),
+            free=self._partition.site_mask(self._free_sites()),
             use_tree=self._trajectory == "nuts",
         )
         # trajectory="auto": the warmup window in which both schemes are tried

@@ -130,11 +130,12 @@ class SitePartition:
             return np.zeros((0,), bool)
         return np.concatenate([self.param_sites[k].governed.ravel() for k in self.params])
 
-    def site_indices(self, sites) -> tuple:
-        """The flat θ indices of each of ``sites`` (those among the parameters)."""
-        offsets = np.cumsum([0] + [self.param_sites[k].governed.size for k in self.params])
-        return tuple(
-            np.arange(offsets[i], offsets[i + 1]) for i, k in enumerate(self.params) if k in sites
+    def site_mask(self, sites) -> np.ndarray:
+        """Per θ element, whether it belongs to one of ``sites``."""
+        if not self.params:
+            return np.zeros((0,), bool)
+        return np.concatenate(
+            [np.full(self.param_sites[k].governed.size, k in sites) for k in self.params]
         )
 
     def __str__(self) -> str:
