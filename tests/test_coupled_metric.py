@@ -355,9 +355,9 @@ def test_free_sites_metric_by_their_spread(model, spread):
     from numpyro_s3hmc.adaptation import SPREAD
 
     kernel = S3HMC(model, coordinates="noncentred")
-    mcmc = MCMC(kernel, num_warmup=400, num_samples=1, progress_bar=False)
+    mcmc = MCMC(kernel, num_warmup=400, num_samples=2000, num_chains=2, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0))
-    state = mcmc.last_state
+    state = jax.tree.map(lambda x: x[0], mcmc.last_state)  # the first chain's
     partition = kernel.partition
     theta = partition.site_mask(("theta_decentered",))
     var = np.asarray(state.adapt_state.inverse_mass_matrix)[: theta.size]
@@ -369,6 +369,11 @@ def test_free_sites_metric_by_their_spread(model, spread):
         sigma = partition.site_mask(("sigma",))
         data = np.asarray(state.metric_state.data_precision)
         np.testing.assert_allclose(data[sigma], 1.0 / var[sigma], rtol=1e-5)
+        # and the sampler stays exact under that metric: the data constrain theta /
+        # sigma only, so sigma's posterior is its HalfNormal(1) prior
+        draws = np.asarray(mcmc.get_samples(group_by_chain=True)["sigma"])
+        assert_mean(draws, np.sqrt(2.0 / np.pi), "E[sigma]")
+        assert_mean(draws**2, 1.0, "E[sigma^2]")
     else:
         # F (less its noise margin) times v: near 1, as for a Gaussian
         assert np.median(scale[theta] * var[theta]) < SPREAD / 5
