@@ -267,9 +267,27 @@ def targets(rows_by_model, overheads) -> list[tuple[str, str, str]]:
     return out
 
 
+def provenance(rows_by_model, measured):
+    """When the rows that ``measured`` (this run) did not re-measure were measured, one
+    clause per earlier run, naming its rows; None where this run measured every row."""
+    runs = {}
+    for rows in rows_by_model.values():
+        for r in rows:
+            if r.get("measured", measured) != measured:
+                runs.setdefault(r["measured"], []).append(f"{r['model']} / {r['sampler']}")
+    if not runs:
+        return None
+
+    def rows(names):  # a few rows by name, many by their number
+        return ", ".join(names) if len(names) <= 4 else f"{len(names)} rows"
+
+    return "; ".join(f"{when} ({rows(names)})" for when, names in runs.items())
+
+
 def report(rows_by_model, overheads, args, seconds, command, earlier=None) -> str:
     """The generated part of results.md; ``earlier``: when the rows this run did not
-    re-measure were (a run of a subset is merged into the saved one)."""
+    re-measure were (:func:`provenance`; a run of a subset is merged into the saved
+    one)."""
     import jax
 
     import numpyro
@@ -433,16 +451,24 @@ def main(argv=None):
             print(f"[{time.time() - t0:6.0f} s] {m} / overhead: {o}")
     command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
     measured = f"{time.strftime('%Y-%m-%d')} by `{command}`"
+    for rows in rows_by_model.values():
+        for r in rows:
+            r["measured"] = measured
     earlier = None
     if not args.quick and out.with_suffix(".json").exists() and (args.models or args.samplers):
         # a subset: merged into the saved run, whose other rows keep their date
         saved = json.loads(out.with_suffix(".json").read_text())
-        earlier = saved.get("measured", "an earlier run")
         for m, rows in saved["rows"].items():
             new = {r["sampler"]: r for r in rows_by_model.get(m, [])}
-            kept = {r["sampler"]: r for r in rows if r["sampler"] not in new}
+            # each saved row keeps the run that measured it (older files: the file's)
+            kept = {
+                r["sampler"]: {"measured": saved.get("measured", "an earlier run"), **r}
+                for r in rows
+                if r["sampler"] not in new
+            }
             merged = {**kept, **new}
             rows_by_model[m] = [merged[s] for s in SAMPLERS if s in merged]
+        earlier = provenance(rows_by_model, measured)
         done = {o["model"] for o in overheads}
         overheads = [o for o in saved["overhead"] if o["model"] not in done] + overheads
     (out.with_suffix(".json")).write_text(

@@ -95,6 +95,26 @@ def test_report_keeps_the_text_around_it(run, tmp_path):
     assert "first" not in text
 
 
+def test_report_names_the_run_of_every_row_it_kept(run):
+    # two subset runs in a row: the second's header must name both earlier runs, each
+    # with its own rows, not the first subset's command as "the other rows"
+    full, first, second = "day 1 by `run.py`", "day 2 by `run.py --models a`", "day 3"
+    rows = {
+        "a": [
+            {"model": "a", "sampler": "S3HMC", "measured": first},
+            {"model": "a", "sampler": "NUTS centred", "measured": full},
+        ],
+        "b": [
+            {"model": "b", "sampler": "S3HMC", "measured": second},
+            {"model": "b", "sampler": "NUTS centred", "measured": full},
+        ],
+    }
+    text = run.provenance(rows, second)
+    assert f"{full} (a / NUTS centred, b / NUTS centred)" in text
+    assert f"{first} (a / S3HMC)" in text and second not in text
+    assert run.provenance({"b": rows["b"][:1]}, second) is None
+
+
 def load_peers():
     """benchmarks/peers.py as a module (BlackJAX itself is not needed to report)."""
     sys.path.insert(0, str(BENCHMARKS))
