@@ -246,6 +246,13 @@ def site_precisions(model, model_args, model_kwargs, z, obs_names):
     return latent, observed
 
 
+def _row_shape(tr, z, name):
+    """The shape of a site's rows: a latent site's unconstrained value (one row per
+    element of θ; a simplex or a correlation matrix has fewer of them than its value
+    has), an observation's value."""
+    return jnp.shape(z[name]) if name in z else jnp.shape(tr[name]["value"])
+
+
 def _child_rows(model, model_args, model_kwargs, z, row_sites, obs_names):
     """Flat (precision, df) over the elements of ``row_sites`` then of ``obs_names``.
 
@@ -258,8 +265,10 @@ def _child_rows(model, model_args, model_kwargs, z, row_sites, obs_names):
     precision, df = {}, {}
     for name in tuple(row_sites) + tuple(obs_names):
         child = _child(tr[name])
-        shape = jnp.shape(tr[name]["value"])
-        precision[name], df[name] = (jnp.zeros(shape), jnp.zeros(shape)) if child is None else child
+        shape = _row_shape(tr, z, name)
+        if child is None or jnp.shape(child[0]) != shape:
+            child = jnp.zeros(shape), jnp.zeros(shape)
+        precision[name], df[name] = child
     flat = [
         ravel_pytree([{k: d[k] for k in row_sites}, {k: d[k] for k in obs_names}])[0]
         for d in (precision, df)
@@ -364,8 +373,9 @@ def _locations(model, model_args, model_kwargs, z, row_sites, obs_names):
     locs = {}
     for name in tuple(row_sites) + tuple(obs_names):
         fn = _base(tr[name]["fn"])
-        shape = jnp.shape(tr[name]["value"])
-        loc = fn.loc if isinstance(fn, (dist.Normal, dist.StudentT)) else jnp.zeros(shape)
+        shape = _row_shape(tr, z, name)
+        located = isinstance(fn, (dist.Normal, dist.StudentT))
+        loc = fn.loc if located and jnp.shape(tr[name]["value"]) == shape else jnp.zeros(shape)
         locs[name] = jnp.broadcast_to(loc, shape).astype(jnp.result_type(float))
     return ravel_pytree([{k: locs[k] for k in row_sites}, {k: locs[k] for k in obs_names}])[0]
 

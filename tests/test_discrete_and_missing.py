@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, DiscreteGibbs, Gibbs
 from numpyro.infer.gibbs import discrete_latent_sites
 
-from numpyro_s3hmc import S3HMC
+from numpyro_s3hmc import S3HMC, partition_sites
 
 MU = jnp.array([0.0, 1.0])
 
@@ -93,3 +93,35 @@ def test_obs_mask_samples_the_missing_entries_exactly():
         np.asarray(s["y"])[..., observed],
         np.broadcast_to(Y[observed], s["y"].shape[:2] + (observed.sum(),)).astype(np.float32),
     )
+
+
+def simplex_and_correlation():
+    """A Gamma precision with children beside latent sites with fewer unconstrained
+    elements than values: E[tau] = 2 (prior only), p | counts ~ Dirichlet(6, 4, 3),
+    and LKJ(η = 2) in 3-D gives each correlation r = 2B − 1, B ~ Beta(2.5, 2.5), so
+    E[r²] = 1/6."""
+    tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+    numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([3]).to_event(1))
+    p = numpyro.sample("p", dist.Dirichlet(jnp.ones(3)))
+    numpyro.sample("counts", dist.Multinomial(10, p), obs=jnp.array([5.0, 3.0, 2.0]))
+    numpyro.sample("L", dist.LKJCholesky(3, 2.0))
+
+
+def test_simplex_and_correlation_sites_are_exact():
+    # a Dirichlet's or an LKJ factor's unconstrained value is smaller than its value:
+    # the partition's rows follow the unconstrained one (this crashed at init before)
+    part = partition_sites(simplex_and_correlation)
+    assert part.hyper == ("tau",) and {"p", "L", "x"} <= set(part.params)
+    assert part.param_sites["x"].governed_by == ("tau",)
+    mcmc = MCMC(
+        S3HMC(simplex_and_correlation),
+        num_warmup=500,
+        num_samples=1500,
+        num_chains=2,
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.PRNGKey(0))
+    s = mcmc.get_samples(group_by_chain=True)
+    assert_mean(s["tau"], 2.0, "E[tau]")
+    assert_mean(s["p"][..., 0], 6 / 13, "E[p0]")
+    assert_mean(s["L"][..., 1, 0] ** 2, 1 / 6, "E[r10^2]")
