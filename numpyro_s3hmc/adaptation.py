@@ -191,6 +191,12 @@ def metric_adapter(
         variance = new_wa_state.inverse_mass_matrix
         var_theta, var_eta = variance[:n], variance[n:size]
         d, scale = _param_constants(metric_state, var_theta)
+        # a window that met overflowing gradients (a chain far out in float32: its
+        # (∂U/∂θ)⁴ is inf) leaves non-finite constants; those elements keep the last
+        # window's, so that the chain can still come in
+        finite = jnp.isfinite(d) & jnp.isfinite(scale) & (scale > 0)
+        d = jnp.where(finite, d, metric_state.data_precision)
+        scale = jnp.where(finite, scale, metric_state.prior_scale)
         length = metric_state.trajectory_length
         if adapt_trajectory_length:
             length = jnp.where(closed, _trajectory_length(var_eta, c, d.dtype), length)

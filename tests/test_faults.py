@@ -313,3 +313,28 @@ def test_fixed_point_never_converges():
     np.testing.assert_array_equal(np.asarray(f["fixed_point_iters"]), 1)
     np.testing.assert_array_equal(s["mu"], s["mu"][0])  # every proposal rejected
     assert np.all(np.isfinite(s["mu"]))
+
+
+def test_overflowing_gradients_leave_the_metric_finite():
+    # a float32 chain far out: (∂U/∂θ)² overflows and the window's spread is inf − inf;
+    # the elements whose constants came out non-finite keep the last window's (they
+    # were NaN, and every later transition diverged)
+    from numpyro_s3hmc.adaptation import metric_adapter
+
+    governed = np.array([True, False])
+    init_fn, update_fn = metric_adapter(60, governed, np.ones(1, np.float32))
+    z = jnp.zeros(3, jnp.float32)
+    wa_state, metric_state = init_fn(z, jax.random.PRNGKey(0), 0.1, jnp.zeros(2), 1.0)
+    prior = jnp.ones(2, jnp.float32)
+    key = jax.random.PRNGKey(1)
+    overflowed = False
+    for i in range(60):
+        key, sub = jax.random.split(key)
+        z = jax.random.normal(sub, (3,), jnp.float32)
+        huge = i % 7 == 3  # now and then a gradient whose square is inf in float32
+        grad = jnp.full(2, 1e30 if huge else 1.0, jnp.float32)
+        wa_state, metric_state = update_fn(i, 0.8, z, grad, prior, wa_state, metric_state)
+        overflowed |= bool(~jnp.isfinite(metric_state.fisher_mean).all())
+    assert overflowed  # the case under test happened
+    assert jnp.isfinite(metric_state.data_precision).all()
+    assert jnp.isfinite(metric_state.prior_scale).all() and (metric_state.prior_scale > 0).all()
