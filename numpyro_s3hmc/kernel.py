@@ -394,6 +394,10 @@ class S3HMC(MCMCKernel):
         self._noncentred_sites = None  # decided at the first init
         self._candidates = None
         self._decentred = ()  # the _decentered sample sites of the non-centred sites
+        # {its _decentered name: the user's site}: the state's z and z_grad hold each
+        # non-centred site's value under the user's name (what NumPyro's print_summary
+        # and "~z.<site>" look for), the potential and the partition the model's
+        self._user_names = {}
         # gradients of U the coordinates="auto" pilot evaluated, over its chains; they
         # come before warmup and are in no state's num_grad_evals
         self.pilot_grad_evals = 0
@@ -451,7 +455,20 @@ class S3HMC(MCMCKernel):
             return fn
         # draws come back in the user's coordinates: θ (a deterministic site of the
         # non-centred model), not the kernel's θ_decentered
-        return lambda z: {k: v for k, v in fn(z).items() if k not in self._decentred}
+        return lambda z: {k: v for k, v in fn(self.model_z(z)).items() if k not in self._decentred}
+
+    def model_z(self, z: dict) -> dict:
+        """The state's ``z`` (or ``z_grad``) under the sampled model's site names: a
+        non-centred site's value, kept in the state under the user's name θ, is the
+        model's ``θ_decentered`` (what ``kernel.partition`` and the potential take)."""
+        if not self._user_names:
+            return z
+        model_names = {v: k for k, v in self._user_names.items()}
+        return {model_names.get(k, k): v for k, v in z.items()}
+
+    def _state_z(self, z: dict) -> dict:
+        """The inverse of :meth:`model_z`."""
+        return {self._user_names.get(k, k): v for k, v in z.items()}
 
     def refresh(self, state, model_args, model_kwargs):
         """U and ∂U/∂z at ``state.z`` for these arguments, the chain not moved.
@@ -462,8 +479,8 @@ class S3HMC(MCMCKernel):
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
         potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
-        pe, z_grad = jax.value_and_grad(potential_fn)(state.z)
-        return state._replace(potential_energy=pe, z_grad=z_grad)
+        pe, z_grad = jax.value_and_grad(potential_fn)(self.model_z(state.z))
+        return state._replace(potential_energy=pe, z_grad=self._state_z(z_grad))
 
     def wrap_model(self, wrapper):
         """A copy bound to ``wrapper(model)``, rebuilt at its next ``init`` (for ``Gibbs``).
@@ -518,10 +535,12 @@ class S3HMC(MCMCKernel):
                 self._noncentred_sites = self._candidates
         sites = () if self._coordinates == "centred" else self._noncentred_sites
         self._decentred = ()
+        self._user_names = {}
         if sites:
             self._sampled_model = noncentred(self._model, sites)
             names = decentred_names(self._model, sites, model_args, model_kwargs)
             self._decentred = tuple(names.values())
+            self._user_names = {v: k for k, v in names.items()}
             if init_params is not None:  # given in the user's (centred) coordinates
                 init_params = self._to_noncentred(
                     init_params, names, vectorized, model_args, model_kwargs
@@ -640,6 +659,7 @@ class S3HMC(MCMCKernel):
             return chosen, init_params
         pilot = copy.copy(self)
         pilot._coordinates, pilot._noncentred_sites = "centred", ()
+        pilot._decentred, pilot._user_names = (), {}
         if pilot._trajectory == "auto":  # its statistic needs no tree, and compiles faster
             pilot._trajectory = "static"
         # a quarter of warmup, 50 to 200 iterations, but never longer than warmup itself
@@ -729,9 +749,9 @@ class S3HMC(MCMCKernel):
         zero = jnp.zeros((), dtype)
         return S3HMCState(
             i=jnp.int32(0),
-            z=z,
+            z=self._state_z(z),
             potential_energy=pe,
-            z_grad=z_grad,
+            z_grad=self._state_z(z_grad),
             energy=pe,
             num_integrator_steps=jnp.int32(0),
             num_grad_evals=jnp.int32(0),
@@ -810,8 +830,8 @@ class S3HMC(MCMCKernel):
         state's choice of scheme (the vote of vectorized chains); ``fold_search=False``
         (vectorized chains) searches the first step size in a loop of its own."""
         partition = self._partition
-        theta, eta = split_z(state.z, partition)
-        g_theta, g_eta = split_z(state.z_grad, partition)
+        theta, eta = split_z(self.model_z(state.z), partition)
+        g_theta, g_eta = split_z(self.model_z(state.z_grad), partition)
         potential_and_grad, metric, unit_diagonal = self._hamiltonian_parts(
             model_args, model_kwargs, state.metric_state, theta.dtype
         )
@@ -935,9 +955,9 @@ class S3HMC(MCMCKernel):
         mean_accept_prob = state.mean_accept_prob + (info.accept_prob - state.mean_accept_prob) / n
         return S3HMCState(
             i=itr,
-            z=merge_z(new.theta, new.eta, partition),
+            z=self._state_z(merge_z(new.theta, new.eta, partition)),
             potential_energy=new.potential_energy,
-            z_grad=merge_z(new.grad_theta, new.grad_eta, partition),
+            z_grad=self._state_z(merge_z(new.grad_theta, new.grad_eta, partition)),
             energy=info.energy,
             num_integrator_steps=info.num_steps,
             num_grad_evals=info.num_grad_evals,

@@ -322,7 +322,7 @@ def test_eight_schools_centred_is_exact_long(coordinates):
 # --- coordinates ---------------------------------------------------------------------
 
 
-def test_noncentred_coordinates_are_exact_and_keep_the_user_names():
+def test_noncentred_coordinates_are_exact_and_keep_the_user_names(capsys):
     kernel = S3HMC(located_funnel, coordinates="noncentred")
     mcmc = MCMC(kernel, num_warmup=500, num_samples=2000, num_chains=2, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(1))
@@ -331,6 +331,10 @@ def test_noncentred_coordinates_are_exact_and_keep_the_user_names():
     s = mcmc.get_samples(group_by_chain=True)
     assert s["theta"].shape == (2, 2000, 10)  # the user's site, as a deterministic one
     assert "theta_decentered" not in s  # the kernel's coordinates stay in its state
+    # NumPyro's print_summary keeps the sites named in the state: the user's, theta too
+    assert mcmc.last_state.z.keys() == {"mu", "tau", "theta"}
+    mcmc.print_summary()
+    assert "theta[9]" in capsys.readouterr().out
     euler = 0.5772156649015329
     assert_mean(np.log(s["tau"]), np.log(2.0) - 0.5 * (euler + np.log(2.0)), "log tau")
     assert_mean(s["theta"][..., 3], 1.0, "theta[3]")
@@ -460,7 +464,9 @@ def test_init_params_in_user_coordinates_are_converted():
     z = {"mu": jnp.array(0.5), "tau": jnp.log(jnp.array(2.0)), "theta": jnp.full(10, 1.5)}
     kernel = S3HMC(located_funnel, coordinates="noncentred")
     state = kernel.init(jax.random.PRNGKey(0), 10, init_params=z)
-    np.testing.assert_allclose(state.z["theta_decentered"], np.full(10, 0.5), rtol=1e-6)
+    # the state keeps the non-centred value under the user's name
+    np.testing.assert_allclose(state.z["theta"], np.full(10, 0.5), rtol=1e-6)
+    assert kernel.model_z(state.z).keys() == {"mu", "tau", "theta_decentered"}
 
 
 # a Gaussian process with a fixed kernel and Normal noise: the posterior is Gaussian
