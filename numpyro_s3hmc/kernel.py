@@ -232,6 +232,8 @@ class S3HMC(MCMCKernel):
     Parameters
     ----------
     model : a NumPyro model; its hyperparameters are plain ``numpyro.sample``.
+        A ``potential_fn=`` (NUTS's alternative to a model) is refused: the blocks
+        are found from the model's sample sites, which a potential does not have.
     integrator : ``"splitting"`` (one gradient a step, default), ``"alba"``
         (the paper's ALBA in log τ) or ``"implicit_alba"`` (ALBA in τ with the
         implicit generalised leapfrog, as the paper writes it).
@@ -337,8 +339,9 @@ class S3HMC(MCMCKernel):
 
     def __init__(
         self,
-        model: Callable,
+        model: Callable | None = None,
         *,
+        potential_fn: Callable | None = None,
         integrator: str = "splitting",
         step_size: float = 1.0,
         adapt_step_size: bool = True,
@@ -358,8 +361,18 @@ class S3HMC(MCMCKernel):
         init_strategy: Callable = init_to_uniform,
         integrator_kwargs: dict | None = None,
     ):
+        if potential_fn is not None:
+            raise ValueError(
+                "S3HMC(potential_fn=...) is not supported: S3HMC finds its parameter and"
+                " hyperparameter blocks from the model's sample sites, which a potential"
+                " function does not have. Pass the NumPyro model, S3HMC(model), or"
+                " sample the potential with NUTS(potential_fn=...)."
+            )
         if model is None or not callable(model):
-            raise ValueError("S3HMC needs a NumPyro model (a callable).")
+            raise ValueError(
+                "S3HMC needs a NumPyro model (a callable), e.g. S3HMC(model): it finds its"
+                " parameter and hyperparameter blocks from the model's sample sites."
+            )
         if integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}.")
         if trajectory not in (*TRAJECTORIES, "auto"):

@@ -753,10 +753,20 @@ def _latent_and_observed(tr):
             observed.append(name)
         else:
             if site["fn"].support.is_discrete:
+                # NUTS's idiom: discrete_latent_sites skips an enumerated site, so the
+                # Gibbs recipe below needs the annotation gone
+                enumerated = (site.get("infer") or {}).get("enumerate") is not None
                 raise ValueError(
                     f"Latent site {name!r} has a discrete distribution"
                     f" ({type(_base(site['fn'])).__name__}); S3HMC samples continuous"
-                    " sites only. Marginalise it out in the model (e.g. a"
+                    " sites only"
+                    + (
+                        " and does not enumerate them: remove its infer={'enumerate':"
+                        " ...} for the Gibbs recipe below."
+                        if enumerated
+                        else "."
+                    )
+                    + " Marginalise it out in the model (e.g. a"
                     " MixtureSameFamily likelihood), observe it, or give the discrete"
                     " sites a block of their own in NumPyro's Gibbs kernel:"
                     " Gibbs([(DiscreteGibbs(model), discrete_latent_sites),"

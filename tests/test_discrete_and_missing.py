@@ -34,6 +34,19 @@ def test_discrete_site_error_names_the_gibbs_recipe():
         )
 
 
+def test_an_enumerated_discrete_site_is_told_to_drop_the_annotation():
+    # NUTS's enumeration idiom: discrete_latent_sites skips such a site, so the Gibbs
+    # recipe only works once the annotation is gone, and the error says so
+    def enumerated():
+        numpyro.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"'z'.*remove its infer=\{'enumerate'"):
+        MCMC(S3HMC(enumerated), num_warmup=1, num_samples=1, progress_bar=False).run(
+            jax.random.PRNGKey(0)
+        )
+
+
 def test_s3hmc_as_a_gibbs_block_is_exact():
     kernel = Gibbs(
         [(DiscreteGibbs(mixture_prior), discrete_latent_sites), (S3HMC(mixture_prior), None)]

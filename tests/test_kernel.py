@@ -293,6 +293,12 @@ def test_bad_input_errors():
         run(S3HMC(regression)).run(jax.random.PRNGKey(0), X, Y.at[0].set(jnp.inf))
     with pytest.raises(ValueError, match="integrator must be one of"):
         S3HMC(regression, integrator="rk4")
+    # NUTS's potential_fn= has no sample sites to find the blocks in: refused, and
+    # the advice names what works
+    with pytest.raises(ValueError, match=r"potential_fn=.*S3HMC\(model\).*NUTS\(potential_fn"):
+        S3HMC(potential_fn=lambda z: jnp.sum(z**2))
+    with pytest.raises(ValueError, match=r"needs a NumPyro model.*S3HMC\(model\)"):
+        S3HMC()
 
 
 def test_adapted_trajectory_length_on_funnel():
