@@ -265,14 +265,21 @@ def markdown(cells, models, seeds, command) -> str:
         rows = cells.get((name, "S3HMC auto")) or []
         if rows and all("chains_on_the_tree" in r for r in rows):
             trees = "/".join(str(r["chains_on_the_tree"]) for r in rows)
-            every = statistics.median(r["every_element_ess_per_1k"] for r in rows)
-            chosen.append(f"- {name}: {trees} of 4 chains; every element {every:.3g}")
+            every = _median(cells, name, "S3HMC auto", "every_element_ess_per_1k")
+            nuts = [
+                f"{s} {_median(cells, name, s, 'every_element_ess_per_1k'):.3g}"
+                for s in ("NUTS centred", "NUTS non-centred")
+                if all("every_element_ess_per_1k" in r for r in cells.get((name, s)) or [{}])
+            ]
+            beside = f" ({', '.join(nuts)})" if nuts else ""
+            chosen.append(f"- {name}: {trees} of 4 chains; every element {every:.3g}{beside}")
     if chosen:
         lines += [
             "",
             'S3HMC auto (`trajectory="auto"`): the chains that chose the no-U-turn tree,'
             " per seed, and the median smallest bulk ESS over every latent element per 1,000"
-            " gradients (where recorded):",
+            " gradients (where recorded; NumPyro's NUTS beside it, on the same draws as its"
+            " table cells):",
             "",
             *chosen,
         ]
