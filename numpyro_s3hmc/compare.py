@@ -355,6 +355,12 @@ def compare_samplers(
         latent = _model_sites(kernel.model, model_args, model_kwargs)
         # the run's names for the sites (ArviZ 1.x writes net/Dense_0.kernel as net.Dense_0.kernel)
         name_in_run = datatree_name if is_arviz_1() else str
+        unknown = [v for v in var_names or () if name_in_run(v) not in draws.data_vars]
+        if unknown:
+            raise ValueError(
+                f"var_names names {unknown}, which {name}'s draws do not have; its sites:"
+                f" {sorted(draws.data_vars)}."
+            )
         latent = [name_in_run(v) for v in var_names or latent]
         latent = [v for v in latent if v in draws.data_vars]
         hyper = [name_in_run(v) for v in all_hyper]

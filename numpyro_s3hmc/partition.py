@@ -546,6 +546,8 @@ def noncentred_candidates(partition: SitePartition, model, model_args=(), model_
     tr = _abstract_trace(model, model_args, model_kwargs)
     out = []
     for k, info in partition.param_sites.items():
+        if f"{k}_decentered" in tr:  # the model already has a site of the name it would get
+            continue
         fn = _reparam_base(tr[k]["fn"])
         normal = isinstance(fn, dist.Normal) and info.governed_by and info.governed.all()
         if normal or isinstance(fn, dist.MultivariateNormal):

@@ -165,6 +165,20 @@ def test_hmc_gibbs_reads_the_inner_hmc_state():
     assert table.loc["Gibbs", "divergences"] == int(stats["hmc_state.diverging"].sum())
 
 
+def test_a_misspelt_var_name_is_an_error_that_lists_the_sites():
+    # it was dropped silently, and the table's ESS columns came back empty
+    with pytest.raises(ValueError, match=r"\['thetaa'\].*sites: \["):
+        compare_samplers(
+            {"NUTS": NUTS(small_model)},
+            num_warmup=10,
+            num_samples=10,
+            num_chains=1,
+            progress_bar=False,
+            var_names=["thetaa"],
+            y=Y,
+        )
+
+
 def test_hyperparameter_sites():
     """The sites S3HMC would take as hyperparameters, whatever their prior; a Gamma
     site that scales no Normal child is not one; a model S3HMC refuses has none."""

@@ -460,6 +460,21 @@ def test_demo_groups_get_the_same_coordinates():
     assert len(set(kernel.coordinates.values())) == 1, kernel.coordinates_pilot
 
 
+def test_a_site_already_named_like_a_decentred_one_stays_centred():
+    # non-centring theta would add a second site "theta_decentered": it stays a candidate
+    # no longer, and the default runs the model as NUTS does (it crashed at init)
+    def model():
+        tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
+        theta = numpyro.sample("theta", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([4]))
+        z = numpyro.sample("theta_decentered", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(theta + z, 1.0), obs=jnp.ones(4))
+
+    kernel = S3HMC(model, coordinates="noncentred")
+    mcmc = MCMC(kernel, num_warmup=20, num_samples=20, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    assert kernel.coordinates == {} and "theta_decentered" in mcmc.get_samples()
+
+
 def test_init_params_in_user_coordinates_are_converted():
     z = {"mu": jnp.array(0.5), "tau": jnp.log(jnp.array(2.0)), "theta": jnp.full(10, 1.5)}
     kernel = S3HMC(located_funnel, coordinates="noncentred")
