@@ -1,7 +1,8 @@
 """Semi-separable Hamiltonian Monte Carlo (S3HMC) for NumPyro.
 
 The kernel and its parts load with the package; :func:`compare_samplers` and
-:func:`plot_comparison` (ArviZ, pandas, matplotlib) load on first use.
+:func:`plot_comparison` (ArviZ, pandas, matplotlib) and :func:`from_numpyro` (ArviZ) load
+on first use.
 """
 
 from numpyro_s3hmc.integrators import (
@@ -16,7 +17,11 @@ from numpyro_s3hmc.partition import SitePartition, partition_sites
 
 __version__ = "0.1.0"
 
-_LAZY = {"compare_samplers": "numpyro_s3hmc.compare", "plot_comparison": "numpyro_s3hmc.compare"}
+_LAZY = {
+    "compare_samplers": "numpyro_s3hmc.compare",
+    "plot_comparison": "numpyro_s3hmc.compare",
+    "from_numpyro": "numpyro_s3hmc._arviz",
+}
 
 
 def __getattr__(name: str):
@@ -35,6 +40,7 @@ __all__ = [
     "SitePartition",
     "alba",
     "compare_samplers",
+    "from_numpyro",
     "implicit_alba",
     "one_gradient_splitting",
     "partition_sites",

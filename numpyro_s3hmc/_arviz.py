@@ -14,7 +14,8 @@ What differs between the two, and what this module smooths over:
   ``/``, and flax modules name their sites ``net/Dense_0.kernel``: with 1.x,
   :func:`from_numpyro` writes those sites as ``net.Dense_0.kernel`` (the model is
   read through the same renaming, so ``log_likelihood`` still conditions on them).
-  0.x keeps the names as they are.
+  With 0.x it renames the variables and dimensions of the finished InferenceData the
+  same way, so that ``to_netcdf`` can write it (netCDF refuses ``/`` in names too).
 - Importing ArviZ 0.23 prints a ``FutureWarning`` about the 1.x refactor; it says
   nothing a user of this package can act on, so :func:`arviz` imports it quietly.
 """
@@ -40,11 +41,21 @@ def is_arviz_1() -> bool:
 
 
 def from_numpyro(mcmc, **kwargs):
-    """``az.from_numpyro(mcmc, log_likelihood=True, **kwargs)``, for either version."""
+    """``az.from_numpyro(mcmc, log_likelihood=True, **kwargs)``, for either version, with
+    ``/`` in site names (flax's ``net/Dense_0.kernel``) written as ``.``: ArviZ 1.x
+    refuses such names, and netCDF (``to_netcdf``) too."""
     kwargs.setdefault("log_likelihood", True)
-    if is_arviz_1() and any(SLASH in name for name in mcmc.get_samples()):
+    slashes = any(SLASH in name for name in mcmc.get_samples())
+    if is_arviz_1() and slashes:
         mcmc = _without_slashes(mcmc)
-    return arviz().from_numpyro(mcmc, **kwargs)
+    idata = arviz().from_numpyro(mcmc, **kwargs)
+    if slashes and not is_arviz_1():
+        names = set()
+        for group in group_names(idata):
+            ds = getattr(idata, group)
+            names |= {n for n in (*ds.data_vars, *ds.dims) if SLASH in str(n)}
+        idata = idata.rename({n: datatree_name(n) for n in names})
+    return idata
 
 
 SLASH, SLASH_FREE = "/", "."

@@ -160,7 +160,7 @@ def test_map_init_beats_random_start(tiny):
     assert u_map < u_rand
 
 
-def test_s3hmc_runs_on_tiny_bnn(tiny):
+def test_s3hmc_runs_on_tiny_bnn(tiny, tmp_path):
     model, z = tiny
     mcmc = MCMC(S3HMC(model), num_warmup=30, num_samples=10, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0), X, Y, init_params=z, extra_fields=("num_grad_evals",))
@@ -171,6 +171,14 @@ def test_s3hmc_runs_on_tiny_bnn(tiny):
     pred = predict(model, s, X)
     summary = regression_summary(pred["mean"], pred["var"])
     assert summary["total"].shape == (X.shape[0],)
+    # to ArviZ (either version) and to netCDF: flax's "/" in site names written as "."
+    from numpyro_s3hmc import from_numpyro
+    from numpyro_s3hmc._arviz import group_names
+
+    idata = from_numpyro(mcmc)
+    assert "net.Dense_0.kernel" in idata.posterior.data_vars
+    assert "log_likelihood" in group_names(idata)
+    idata.to_netcdf(str(tmp_path / "bnn.nc"))
 
 
 def test_user_prior_dict_with_random_flax_module():
