@@ -408,10 +408,10 @@ class S3HMC(MCMCKernel):
         self._sampled_model = model
         self._noncentred_sites = None  # decided at the first init
         self._candidates = None
-        self._decentred = ()  # the _decentered sample sites of the non-centred sites
-        # {its _decentered name: the user's site}: the state's z and z_grad hold each
-        # non-centred site's value under the user's name (what NumPyro's print_summary
-        # and "~z.<site>" look for), the potential and the partition the model's
+        # {the _decentered sample site of each non-centred site: the user's site}: the
+        # state's z and z_grad hold its value under the user's name (what NumPyro's
+        # print_summary and "~z.<site>" look for), the potential and the partition the
+        # model's
         self._user_names = {}
         # gradients of U the coordinates="auto" pilot evaluated, over its chains; they
         # come before warmup and are in no state's num_grad_evals
@@ -466,11 +466,11 @@ class S3HMC(MCMCKernel):
         if self._postprocess_fn is None:
             return identity
         fn = self._postprocess_fn(*model_args, **model_kwargs)
-        if not self._decentred:
+        if not self._user_names:
             return fn
         # draws come back in the user's coordinates: θ (a deterministic site of the
         # non-centred model), not the kernel's θ_decentered
-        return lambda z: {k: v for k, v in fn(self.model_z(z)).items() if k not in self._decentred}
+        return lambda z: {k: v for k, v in fn(self.model_z(z)).items() if k not in self._user_names}
 
     def model_z(self, z: dict) -> dict:
         """The state's ``z`` (or ``z_grad``) under the sampled model's site names: a
@@ -549,12 +549,10 @@ class S3HMC(MCMCKernel):
             else:
                 self._noncentred_sites = self._candidates
         sites = () if self._coordinates == "centred" else self._noncentred_sites
-        self._decentred = ()
         self._user_names = {}
         if sites:
             self._sampled_model = noncentred(self._model, sites)
             names = decentred_names(self._model, sites, model_args, model_kwargs)
-            self._decentred = tuple(names.values())
             self._user_names = {v: k for k, v in names.items()}
             if init_params is not None:  # given in the user's (centred) coordinates
                 init_params = self._to_noncentred(
@@ -674,7 +672,7 @@ class S3HMC(MCMCKernel):
             return chosen, init_params
         pilot = copy.copy(self)
         pilot._coordinates, pilot._noncentred_sites = "centred", ()
-        pilot._decentred, pilot._user_names = (), {}
+        pilot._user_names = {}
         if pilot._trajectory == "auto":  # its statistic needs no tree, and compiles faster
             pilot._trajectory = "static"
         # a quarter of warmup, 50 to 200 iterations, but never longer than warmup itself
@@ -745,7 +743,7 @@ class S3HMC(MCMCKernel):
         return tuple(
             k
             for k, p in sites.items()
-            if (k in self._decentred or not p.governed.any()) and not p.location_of
+            if (k in self._user_names or not p.governed.any()) and not p.location_of
         )
 
     def _init_chain(self, z, rng_key, model_args, model_kwargs):
