@@ -56,6 +56,11 @@ COORDINATES = ("centred", "noncentred", "auto")
 # diabetes BNN's data-dominated output bias (0.18-0.37) joins its hidden weights on
 # one key of six (docs/design.md §3.2)
 COORDINATES_JOINT_BAND = (0.3, 0.75)
+# A site holding fewer values than this (elements × pilot chains) is decided with them
+# wherever its statistic lies: a one-element site's read 0.15-1.19 over 20 keys on the
+# BNN sine (median 0.52). Where the sites decided together hold fewer values than this,
+# they follow the median over every candidate's elements (docs/design.md §3.2)
+COORDINATES_JOINT_MIN_VALUES = 8
 
 
 def noncentred_by_statistic(variances: dict) -> tuple:
@@ -67,14 +72,20 @@ def noncentred_by_statistic(variances: dict) -> tuple:
     all their elements: related groups in mixed coordinates were the worst choice of
     all (the demo's intercepts centred and slopes non-centred: 4.2-5.7 ESS per 1,000
     gradients on ``s3hmc-demo --seed 2`` to ``6``, against 32-53 with both non-centred;
-    docs/design.md §3.2).
+    docs/design.md §3.2). A site of fewer than ``COORDINATES_JOINT_MIN_VALUES`` values
+    (elements × pilot chains) joins them wherever its median lies, and where the sites
+    decided together hold fewer values than that, too few to place their median on
+    either side of ½, they follow the median over every candidate's elements: a BNN's
+    one-element output bias takes the coordinates of the layers beside it.
     """
     variances = {k: np.ravel(v) for k, v in variances.items()}
     median = {k: np.median(v) for k, v in variances.items()}
     low, high = COORDINATES_JOINT_BAND
-    near = [k for k in variances if low <= median[k] <= high]
-    joint = bool(near) and np.median(np.concatenate([variances[k] for k in near])) > 0.5
-    return tuple(k for k in variances if median[k] > high or (joint and k in near))
+    tiny = COORDINATES_JOINT_MIN_VALUES
+    near = [k for k in variances if low <= median[k] <= high or variances[k].size < tiny]
+    pool = near if sum(variances[k].size for k in near) >= tiny else variances
+    joint = bool(near) and np.median(np.concatenate([variances[k] for k in pool])) > 0.5
+    return tuple(k for k in variances if (joint if k in near else median[k] > high))
 
 
 def s3hmc_step(

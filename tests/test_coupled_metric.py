@@ -446,6 +446,23 @@ def test_sites_near_the_cut_are_decided_together():
     assert noncentred_by_statistic({"a": v(0.45), "b": v(0.72)}) == ("a", "b")
 
 
+def test_a_site_of_few_values_takes_the_coordinates_beside_it():
+    # one element, one pilot chain (a BNN's output bias): its statistic is too noisy to
+    # place it by itself (0.15-1.19 over 20 keys on the BNN sine), wherever it reads
+    layers, one = np.full(50, 0.9), np.array
+    assert noncentred_by_statistic({"w": layers, "b": one([0.2])}) == ("w", "b")
+    assert noncentred_by_statistic({"w": np.full(50, 0.1), "b": one([0.9])}) == ()
+    # beside a site near the cut it is decided with that site: both take its side
+    near = {"w1": np.full(160, 0.95), "w2": np.full(16, 0.45)}
+    assert noncentred_by_statistic({**near, "b": one([0.9])}) == ("w1",)
+    near["w2"] = np.full(16, 0.55)
+    assert noncentred_by_statistic({**near, "b": one([0.2])}) == ("w1", "w2", "b")
+    # alone, or with enough values (elements x pilot chains), the cut decides as before
+    assert noncentred_by_statistic({"b": one([0.2])}) == ()
+    assert noncentred_by_statistic({"w": layers, "b": np.full(8, 0.2)}) == ("w",)
+    assert noncentred_by_statistic({"w": layers, "b": np.full((4, 2), 0.45)}) == ("w",)
+
+
 def test_demo_groups_get_the_same_coordinates():
     # the demo's intercepts and slopes: their pilot statistics straddle 1/2 on most
     # keys (0.43-0.55 and 0.64-0.73), and mixed coordinates sampled 7-12x slower
