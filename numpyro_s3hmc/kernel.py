@@ -315,7 +315,8 @@ class S3HMC(MCMCKernel):
         ``MultivariateNormal`` site (a Gaussian process) is a candidate too, whitened
         as θ = loc + L θ_decentered. The choice
         is in ``kernel.coordinates``, each candidate's pilot statistic in
-        ``kernel.coordinates_pilot`` (sites between 0.3 and 0.75 are decided together),
+        ``kernel.coordinates_pilot`` (sites between 0.3 and 0.75, and sites of fewer
+        than 8 values, are decided together),
         the pilot's gradients in ``kernel.pilot_grad_evals``; under
         ``chain_method="parallel"`` the pilot runs once, at trace time, on four
         vectorized chains (docs/design.md §3.2). ``"centred"``: the model as written; ``"noncentred"``: every such site non-centred. Draws come
@@ -656,7 +657,10 @@ class S3HMC(MCMCKernel):
         chains exceeds ½, i.e. where its data precision is below its prior precision
         (docs/design.md §3.2). Sites whose medians lie between 0.3 and 0.75 are decided
         together (:func:`noncentred_by_statistic`), so that related groups near the cut
-        do not land on opposite sides of it. The medians are in
+        do not land on opposite sides of it, and a site of fewer than 8 values (a BNN's
+        one-element output bias), whose statistic is noise, is decided with them
+        wherever it lies (with every candidate where they hold fewer than 8 values
+        together). The medians are in
         ``kernel.coordinates_pilot``. Returns the chosen sites and the pilot's last point.
         """
         candidates = self._candidates
