@@ -150,7 +150,8 @@ def markdown(saved) -> str:
             if not cell:
                 continue
             rows = cell["rows"]
-            commands.setdefault(f"{cell['command']} ({cell['measured']})", None)
+            for c in cell["command"].split("; "):
+                commands.setdefault(f"{c} ({cell['measured']})", None)
             per_seed = "/".join(f"{r['ess_per_1k']:.3g}" for r in rows)
             probs_seed = "/".join(f"{r['probs_min_ess_per_1k']:.3g}" for r in rows)
             lines.append(
@@ -182,6 +183,28 @@ def markdown(saved) -> str:
     return "\n".join(lines)
 
 
+def merge(saved, cells, seeds, settings, command):
+    """Put a run's ``cells`` ({(network, sampler): [row per seed]}) into ``saved``: a
+    run of other seeds with the same settings adds to the saved seeds, else replaces."""
+    for (name, sampler), rows in cells.items():
+        for seed, r in zip(seeds, rows):
+            r["theta"], r["seed"] = bnn_scale_theta(name), seed
+        old = saved.get(f"{name} | {sampler}")
+        kept = {}
+        if old and old["settings"] == settings:
+            kept = dict(zip(old["seeds"], old["rows"]))
+        kept.update(zip(seeds, rows))
+        commands = old["command"].split("; ") if kept.keys() - set(seeds) else []
+        saved[f"{name} | {sampler}"] = {
+            "rows": [kept[s] for s in sorted(kept)],
+            "seeds": sorted(kept),
+            "settings": settings,
+            "command": "; ".join(dict.fromkeys([*commands, command])),
+            "measured": time.strftime("%Y-%m-%d"),
+        }
+    return saved
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = HERE / "bnn_mixing.json"
@@ -200,16 +223,9 @@ def main(argv=None) -> int:
         args.models, args.seeds, args.num_chains, args.num_warmup, args.num_samples, __file__
     )
     saved = json.loads(path.read_text()) if args.write and path.exists() else {}
-    for (name, sampler), rows in cells.items():
-        for r in rows:
-            r["theta"] = bnn_scale_theta(name)
-        saved[f"{name} | {sampler}"] = {
-            "rows": rows,
-            "seeds": list(args.seeds),
-            "settings": f"{args.num_chains} × {args.num_warmup} + {args.num_samples}",
-            "command": shlex.join(["python", "benchmarks/bnn_mixing.py", *argv]),
-            "measured": time.strftime("%Y-%m-%d"),
-        }
+    settings = f"{args.num_chains} × {args.num_warmup} + {args.num_samples}"
+    command = shlex.join(["python", "benchmarks/bnn_mixing.py", *argv])
+    merge(saved, cells, args.seeds, settings, command)
     text = markdown(saved)
     print(text)
     if args.write and not args.quick:

@@ -76,3 +76,18 @@ def test_table_ratio_is_against_the_better_nuts(mixing):
     # precisions 3 / max(0.5, 1.5); probabilities' min 1 / max(4, 2), median 2 / 8
     assert ratio == ["| mlp-1k | | S3HMC / better NUTS | | 2.00× | | 0.25× | 0.25× | | | |"]
     assert "mlp-10k" not in text
+
+
+def test_a_run_of_other_seeds_adds_to_the_saved_ones(mixing):
+    def cells(*values):
+        return {("mlp-1k", "S3HMC auto"): [{"ess_per_1k": v} for v in values]}
+
+    saved = mixing.merge({}, cells(1.0), [0], "2 × 5 + 5", "a")
+    mixing.merge(saved, cells(2.0, 3.0), [2, 1], "2 × 5 + 5", "b")
+    cell = saved["mlp-1k | S3HMC auto"]
+    assert cell["seeds"] == [0, 1, 2] and cell["command"] == "a; b"
+    assert [r["ess_per_1k"] for r in cell["rows"]] == [1.0, 3.0, 2.0]
+    # other settings replace the saved seeds
+    mixing.merge(saved, cells(4.0), [0], "4 × 5 + 5", "c")
+    assert saved["mlp-1k | S3HMC auto"]["seeds"] == [0]
+    assert saved["mlp-1k | S3HMC auto"]["command"] == "c"
