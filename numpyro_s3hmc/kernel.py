@@ -612,9 +612,13 @@ class S3HMC(MCMCKernel):
         # draws its state along the trajectory in proportion to exp(-H) instead of
         # testing the end point: from a start in a stiff tail far above the bulk the
         # end point is rejected again and again while the step size collapses
-        # (docs/design.md §6); warmup need not be reversible
+        # (docs/design.md §6); warmup need not be reversible. A warmup too short for
+        # more than one window (below 20 iterations) keeps its second half for the end
+        # point's test: the sampling phase's step size must be adapted on it (else a
+        # BNN's first draws all diverged after 15 warmup iterations)
         schedule = build_adaptation_schedule(num_warmup) if num_warmup > 0 else []
-        self._tree_until = int(schedule[0][1]) + 1 if schedule else 0
+        opening = int(schedule[0][1]) + 1 if len(schedule) > 1 else num_warmup // 2
+        self._tree_until = opening if schedule else 0
         init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
         self._sample_fn = self._sample_chain
         if vectorized:
