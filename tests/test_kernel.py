@@ -88,6 +88,18 @@ def test_auto_without_a_trial_is_the_static_kernel_opening_window_included():
     assert not bool(runs[0].last_state.metric_state.use_tree)
 
 
+def test_a_one_window_warmup_tests_end_points_in_its_second_half():
+    # the multinomial opening window is NumPyro's initial buffer; a warmup too short
+    # for more than one window (below 20) keeps its second half for the end point's
+    # test, on which the sampling phase's step size must be adapted (with the whole
+    # warmup multinomial, a 15-iteration warmup of a BNN diverged at every draw)
+    kernel = S3HMC(regression)
+    kernel.init(jax.random.PRNGKey(0), 15, model_args=(X, Y))
+    assert kernel._tree_until == 7
+    kernel.init(jax.random.PRNGKey(0), 1000, model_args=(X, Y))
+    assert kernel._tree_until == 75
+
+
 @pytest.mark.parametrize("trajectory", ["static", "nuts", "auto"])
 def test_step_size_search_inside_the_transition_is_the_separate_search(trajectory):
     # the first warmup iteration searches the step size through the transition's own
