@@ -33,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-import jax
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -76,37 +74,20 @@ def function_space(model, draws, x_test):
 def run_cell(name, seed, num_chains, num_warmup, num_samples):
     """Every sampler on one network and MCMC seed: {sampler: scores}."""
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
-    from numpyro.infer import MCMC
 
     centred, noncentred, args, x_test = problem(name)
     precisions = centred.precision_sites
     out = {}
     for sampler in hierarchical.chosen_samplers(SAMPLERS):
         k = trajectories.kernel(sampler, centred, noncentred)
-        grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
-        fields = (grad_field, "diverging")
-        mcmc = MCMC(
-            k,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            chain_method="sequential",
-            progress_bar=False,
-        )
-        t0 = time.perf_counter()
-        mcmc.warmup(jax.random.PRNGKey(seed), *args, collect_warmup=True, extra_fields=fields)
-        warm = mcmc.get_extra_fields(group_by_chain=True)
-        mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=fields)
-        seconds = time.perf_counter() - t0
-        draws = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
+        budget = (num_chains, num_warmup, num_samples)
+        draws, _, row = trajectories.run_sampler(sampler, k, args, seed, *budget)
+        grads = row.pop("grads")
         min_ess, max_rhat = trajectories.score(draws, precisions, precisions)
         probs = function_space(centred, draws, x_test)
         # a probability that float32 saturates (exactly 0 or 1 in every draw) has no ESS
         ess = effective_sample_size(probs)
         ess = ess[np.isfinite(ess)]
-        grads = float(np.sum(extra[grad_field]))
-        warm_grads = float(np.sum(warm[grad_field])) + getattr(k, "pilot_grad_evals", 0)
         out[sampler] = {
             "ess_per_1k": float(1000 * min_ess / grads),
             "rhat": max_rhat,
@@ -114,10 +95,7 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
             "probs_min_ess_per_1k": float(1000 * np.min(ess) / grads),
             "probs_median_ess_per_1k": float(1000 * np.median(ess) / grads),
             "probs_rhat": float(np.nanmax(split_gelman_rubin(probs))),
-            "divergences": int(np.sum(extra["diverging"])),
-            "grads_per_draw": grads / (num_chains * num_samples),
-            "warmup_grads_per_draw": warm_grads / (num_chains * num_warmup),
-            "seconds": seconds,
+            **row,
             "coordinates": getattr(k, "coordinates", None),
         }
     return out

@@ -141,53 +141,65 @@ def score(draws, scored, positive):
     return float(min(ess)), float(max(rhat))
 
 
+def run_sampler(sampler, k, args, seed, num_chains, num_warmup, num_samples, fields=()):
+    """Warmup then sampling of kernel ``k`` (named ``sampler``), chains in sequence:
+    (draws and extra fields by chain, the row's common scores). Gradients are counted
+    in warmup and in sampling apart, the coordinates pilot's with warmup's."""
+    from numpyro.infer import MCMC
+
+    grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
+    fields = (grad_field, "diverging", *fields)
+    mcmc = MCMC(
+        k,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="sequential",
+        progress_bar=False,
+    )
+    t0 = time.perf_counter()
+    mcmc.warmup(jax.random.PRNGKey(seed), *args, collect_warmup=True, extra_fields=fields)
+    warm = mcmc.get_extra_fields(group_by_chain=True)
+    mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=fields)
+    seconds = time.perf_counter() - t0
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    grads = float(np.sum(extra[grad_field]))
+    # coordinates="auto" runs a pilot before warmup: its gradients are warmup's
+    warm_grads = float(np.sum(warm[grad_field])) + getattr(k, "pilot_grad_evals", 0)
+    row = {
+        "grads": grads,
+        "divergences": int(np.sum(extra["diverging"])),
+        "grads_per_draw": grads / (num_chains * num_samples),
+        "warmup_grads_per_draw": warm_grads / (num_chains * num_warmup),
+        "seconds": seconds,
+    }
+    return mcmc.get_samples(group_by_chain=True), extra, row
+
+
 def run_cell(name, seed, num_chains, num_warmup, num_samples):
     """Every sampler on one model and MCMC seed: {sampler: scores}."""
     from numpyro.diagnostics import effective_sample_size
-    from numpyro.infer import MCMC
 
     centred, noncentred, args, scored, positive = problem(name)
     out = {}
     # --samplers (passed to this child process through the environment) runs a subset
     for sampler in hierarchical.chosen_samplers(SAMPLERS):
         k = kernel(sampler, centred, noncentred)
-        grad_field = "num_grad_evals" if sampler.startswith("S3HMC") else "num_steps"
-        fields = (grad_field, "diverging")
-        if sampler == "S3HMC auto":
-            fields += ("metric_state.use_tree",)  # each chain's choice of scheme
-        mcmc = MCMC(
-            k,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            chain_method="sequential",
-            progress_bar=False,
-        )
-        key = jax.random.PRNGKey(seed)
-        t0 = time.perf_counter()
-        mcmc.warmup(key, *args, collect_warmup=True, extra_fields=fields)
-        warm = mcmc.get_extra_fields(group_by_chain=True)
-        mcmc.run(mcmc.post_warmup_state.rng_key, *args, extra_fields=fields)
-        seconds = time.perf_counter() - t0
-        draws = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
+        # each chain's choice of scheme
+        fields = ("metric_state.use_tree",) if sampler == "S3HMC auto" else ()
+        budget = (num_chains, num_warmup, num_samples)
+        draws, extra, row = run_sampler(sampler, k, args, seed, *budget, fields)
+        grads = row.pop("grads")
         min_ess, max_rhat = score(draws, scored, positive)
         # every element too (a BNN's weights), unscored: the table keeps the scored ones
         every = [
             effective_sample_size(np.asarray(v, np.float64).reshape(*v.shape[:2], -1)).min()
             for v in draws.values()
         ]
-        grads = float(np.sum(extra[grad_field]))
-        draws_total = num_chains * num_samples
-        # coordinates="auto" runs a pilot before warmup: its gradients are warmup's
-        warm_grads = float(np.sum(warm[grad_field])) + getattr(k, "pilot_grad_evals", 0)
         out[sampler] = {
             "ess_per_1k": float(1000 * min_ess / grads),
             "rhat": max_rhat,
-            "divergences": int(np.sum(extra["diverging"])),
-            "grads_per_draw": grads / draws_total,
-            "warmup_grads_per_draw": warm_grads / (num_chains * num_warmup),
-            "seconds": seconds,
+            **row,
             "every_element_ess_per_1k": float(1000 * min(every) / grads),
         }
         if "metric_state.use_tree" in extra:
