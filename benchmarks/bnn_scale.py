@@ -379,7 +379,8 @@ def throughput(name: str, cfg: dict) -> dict:
 
     The digits (:func:`digits_for`), a MAP start (:func:`numpyro_s3hmc.bnn.map_init`,
     ``--map-steps`` Adam steps), then ``MCMC.warmup`` and ``MCMC.run`` of S3HMC
-    centred as the BNN examples run it, with no cap on its trajectories but the
+    centred with the static length (as the BNN examples ran it when the GPU row was
+    measured), with no cap on its trajectories but the
     kernel's default, one chain. Reports the sampling phase's draws per second,
     gradients per draw and seconds per gradient (compilation excluded), the
     compile time, the warmup's seconds, the test accuracy of the posterior
@@ -401,7 +402,7 @@ def throughput(name: str, cfg: dict) -> dict:
     z0 = map_init(model, x, y, num_steps=cfg["map_steps"])
     jax.block_until_ready(z0)
     map_s = time.perf_counter() - t0
-    kernel = S3HMC(model, coordinates="centred", trajectory="static")  # as examples/bnn_*.py
+    kernel = S3HMC(model, coordinates="centred", trajectory="static")  # the GPU row's settings
     w, d = cfg["throughput_warmup"], cfg["throughput_draws"]
     r = _timed_mcmc(kernel, (x, y), w, d, "num_grad_evals", split=True, init_params=z0)
     mcmc = r.pop("mcmc")
@@ -606,8 +607,8 @@ def section(rows: list[dict], cfg: dict, command: str) -> str:
         parts += [
             "Sampling as a user runs it (`--throughput`): scikit-learn's digits, 28×28 "
             "(bilinearly upsampled) for the 784-input networks, a 70% training split, a MAP "
-            "start, S3HMC centred (as the BNN examples run it) with its default trajectory "
-            "cap, one chain; `draws/s`, `grads/draw` and `per gradient` are the sampling "
+            "start, S3HMC centred with the static length (as the BNN examples ran it then) "
+            "with its default trajectory cap, one chain; `draws/s`, `grads/draw` and `per gradient` are the sampling "
             "phase's, compilation excluded; the accuracy is the posterior predictive's on the "
             "other 30%; R-hat is the largest split R-hat of the precisions on the one chain.",
             throughput_table(runs),

@@ -276,15 +276,9 @@ def run_s3hmc(data: dict, args):
         jitter=0.01,
     )
     mcmc = MCMC(
-        # centred and static: the numbers these examples document were measured so
-        # (the defaults non-centre the layers and choose the trajectory in warmup,
-        # docs/design.md §3.2 and §6.2)
-        S3HMC(
-            model,
-            max_num_steps=args.max_num_steps,
-            coordinates="centred",
-            trajectory="static",
-        ),
+        # the defaults (the pilot chooses each layer's coordinates, warmup the
+        # trajectory scheme: docs/design.md §3.2 and §6.2) with a cap on the steps
+        S3HMC(model, max_num_steps=args.max_num_steps),
         num_warmup=args.num_warmup,
         num_samples=args.num_samples,
         num_chains=args.num_chains,
@@ -320,6 +314,10 @@ def s3hmc_diagnostics(mcmc, num_chains: int) -> dict:
         "max_rhat": None,  # null (JSON) with one chain: R-hat compares chains
         "grads_per_draw": float(np.mean(extra["num_grad_evals"])),
         "divergences": int(np.sum(extra["diverging"])),
+        # what the defaults chose: each layer's coordinates (the pilot), each chain's
+        # trajectory scheme (warmup; the tree where true)
+        "coordinates": mcmc.sampler.coordinates,
+        "no_u_turn_tree_by_chain": np.atleast_1d(mcmc.last_state.metric_state.use_tree).tolist(),
         "precisions": {
             k: {"mean": float(ds[k].mean()), "ess_bulk": float(ess[k]), "r_hat": None} for k in taus
         },
