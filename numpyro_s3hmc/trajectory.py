@@ -244,11 +244,13 @@ def static_or_tree(
         p = momentum_fn(s)
         rho = run.rho + p
         hi = _checkpoint_range(run.i)[1]
-        even = (run.i % 2) == 0
         p_ck, v_ck, rho_ck = run.checkpoints
-        p_ck = p_ck.at[hi].set(jnp.where(even, p, p_ck[hi]))
-        v_ck = v_ck.at[hi].set(jnp.where(even, v, v_ck[hi]))
-        rho_ck = rho_ck.at[hi].set(jnp.where(even, rho, rho_ck[hi]))
+        # written at an even leaf of the tree only; elsewhere the row index is out of
+        # range and the write is dropped (no read-and-select of a row every step)
+        row = jnp.where(((run.i % 2) == 0) & use_tree, hi, p_ck.shape[0])
+        p_ck = p_ck.at[row].set(p, mode="drop")
+        v_ck = v_ck.at[row].set(v, mode="drop")
+        rho_ck = rho_ck.at[row].set(rho, mode="drop")
         return rho, (p_ck, v_ck, rho_ck)
 
     def leaf(run, s, h, v, info, rho, checkpoints):
