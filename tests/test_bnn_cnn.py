@@ -67,6 +67,10 @@ def test_bnn_cnn_runs(ex, tmp_path):
     assert sampler["grads_per_draw"] <= 8 * 2  # a step takes one or two gradients
     assert sampler["max_rhat"] is None  # one chain (bnn_digits tests two)
     assert len(sampler["precisions"]) == 6  # kernel and bias of three layers
+    # what the defaults chose: a coordinate system per weight site, a scheme per chain
+    assert len(sampler["coordinates"]) == 6
+    assert set(sampler["coordinates"].values()) <= {"centred", "noncentred"}
+    assert len(sampler["no_u_turn_tree_by_chain"]) == 1
 
 
 @pytest.mark.parametrize("strides", [1, 2])
