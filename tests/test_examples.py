@@ -86,8 +86,10 @@ def test_example_runs(name, num_chains, tmp_path):
             assert isinstance(rhat, float) and not np.isnan(rhat)
     if name in ("bnn_sine", "bnn_digits"):
         # what the defaults chose: a coordinate system per weight site, a scheme per chain
-        key = "[1,50,1] all precisions sampled" if name == "bnn_sine" else "S3HMC BNN"
-        run = numbers[key] if name == "bnn_sine" else numbers[key]["sampler"]
+        if name == "bnn_sine":
+            run = numbers["[1,50,1] all precisions sampled"]
+        else:
+            run = numbers["S3HMC BNN"]["sampler"]
         assert len(run["coordinates"]) == 4  # kernel and bias of two layers
         assert set(run["coordinates"].values()) <= {"centred", "noncentred"}
         assert len(run["no_u_turn_tree_by_chain"]) == num_chains
