@@ -53,6 +53,11 @@ PARAM_METRICS = ("prior*fisher", "prior+fisher", "prior+variance", "prior")
 # between BNN diabetes' (2.3–5.6 at every window end) and the BNN sine's (64–490),
 # docs/design.md §3
 SPREAD = 20.0
+# the median of G_i v_i over those elements (their variance in the metric's units) below
+# which the trajectory length counts them as whitened: Gaussian ones read 1.00–1.01
+# (the funnels, eight schools), the wide ones 2.3–5 (BNN diabetes, a latent GP's values);
+# docs/design.md §6
+WHITENED = 1.5
 UNGOVERNED_MASSES = ("gradient", "variance", "fisher")
 
 
@@ -151,7 +156,8 @@ def metric_adapter(
         return jnp.where(fisher > 0, fisher, 1.0 / var_theta)  # the mean squared gradient
 
     def _param_constants(metric_state, var_theta):
-        """d and s of G_θ from this window's means and θ's Welford variance."""
+        """d and s of G_θ from this window's means and θ's Welford variance, and the
+        variance in the metric's units of the elements free of η (1 if none)."""
         d = metric_state.data_precision
         mean, fisher = metric_state.precision_mean, metric_state.fisher_mean
         if param_metric in ("prior*fisher", "prior+fisher"):
@@ -172,6 +178,7 @@ def metric_adapter(
             scale = jnp.where(scaled, 1.0 + extra / mean, 1.0).astype(d.dtype)
             extra = jnp.where(scaled, 0.0, extra)
         d = jnp.where(excess, extra, _ungoverned(fisher, var_theta))
+        units = jnp.ones((), var_theta.dtype)
         if param_metric == "prior*fisher" and free.any():
             # the elements free of η, all together: 1/v where F·v is large (docs §3)
             spread = jnp.median((fisher * var_theta)[free]) > SPREAD
@@ -179,7 +186,13 @@ def metric_adapter(
             by_variance = 1.0 / (var_theta * jnp.maximum(mean, 1e-30))
             scale = jnp.where(spread & free & governed, by_variance, scale)
             d = jnp.where(spread & free & ~governed, 1.0 / var_theta, d)
-        return d.astype(metric_state.data_precision.dtype), scale
+            # their variance in the metric's units, G·v with G = sP̄ + d (their prior
+            # precision is constant): about F·v where they keep F, √(F·v) under the
+            # ungoverned √(F/v), 1 under 1/v; 1 below WHITENED and where a window's
+            # gradients overflowed
+            units = jnp.median(((scale * mean + d) * var_theta)[free])
+            units = jnp.where(jnp.isfinite(units) & (units >= WHITENED), units, 1.0)
+        return d.astype(metric_state.data_precision.dtype), scale, units
 
     def update_fn(i, accept_prob, z, grad_theta, prior_precision, wa_state, metric_state):
         in_window = (0 < wa_state.window_idx) & (wa_state.window_idx < num_windows - 1)
@@ -190,7 +203,7 @@ def metric_adapter(
         closed = in_window & (new_wa_state.window_idx != wa_state.window_idx)
         variance = new_wa_state.inverse_mass_matrix
         var_theta, var_eta = variance[:n], variance[n:size]
-        d, scale = _param_constants(metric_state, var_theta)
+        d, scale, theta_units = _param_constants(metric_state, var_theta)
         # a window that met overflowing gradients (a chain far out in float32: its
         # (∂U/∂θ)⁴ is inf) leaves non-finite constants; those elements keep the last
         # window's, so that the chain can still come in
@@ -199,7 +212,8 @@ def metric_adapter(
         scale = jnp.where(finite, scale, metric_state.prior_scale)
         length = metric_state.trajectory_length
         if adapt_trajectory_length:
-            length = jnp.where(closed, _trajectory_length(var_eta, c, d.dtype), length)
+            adapted = _trajectory_length(var_eta, c, theta_units, d.dtype)
+            length = jnp.where(closed, adapted, length)
         zeros = jnp.zeros_like(metric_state.precision_mean)
         metric_state = metric_state._replace(
             data_precision=jnp.where(closed, d, metric_state.data_precision),
@@ -232,11 +246,13 @@ def _accumulate(metric_state, in_window, prior_precision, grad_theta):
     )
 
 
-def _trajectory_length(var_eta, c, dtype):
-    """π × the largest posterior sd in the metric's units: sqrt(v_l c_l) over η, and
-    1 for θ, which the metric whitens (its marginal variance is no guide where it is
-    multimodal, as BNN weights are)."""
-    scales = jnp.concatenate([jnp.ones(1, dtype), var_eta * c.astype(dtype)])
+def _trajectory_length(var_eta, c, theta_units, dtype):
+    """π × the largest posterior sd in the metric's units: sqrt(v_l c_l) over η and, for
+    θ, the square root of ``theta_units``, the median G·v of the elements free of η (1
+    where there are none): the governed elements count as whitened, since their
+    marginal variance is no guide where it is multimodal, as BNN weights are
+    (docs/design.md §6)."""
+    scales = jnp.concatenate([jnp.full(1, theta_units, dtype), var_eta * c.astype(dtype)])
     return jnp.pi * jnp.sqrt(jnp.max(scales))
 
 

@@ -336,6 +336,42 @@ def test_adapted_trajectory_length_on_funnel():
     assert float(mcmc.last_state.metric_state.trajectory_length) == 3.0
 
 
+def test_adapted_trajectory_length_counts_wide_free_elements():
+    """θ elements free of η with a variance v wider than their metric G says have
+    variance G·v in the metric's units, not 1, and the length is π sqrt(G v) where that
+    is the largest. Here x is ungoverned and bimodal, ½N(−2, 1) + ½N(2, 1): v = 5 and
+    F·v ≈ 3.63 (quadrature below), so G·v is F·v under ungoverned_mass="gradient"
+    (G = F) and sqrt(F·v) under the default "fisher" (G = sqrt(F/v)). Counting x as
+    whitened gave π (τ is tight, so η's term is about π): 3.14–3.47."""
+
+    def model():
+        tau = numpyro.sample("tau", dist.Gamma(20.0, 20.0))
+        numpyro.sample("w", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([2]))
+        modes = dist.Normal(jnp.array([-2.0, 2.0]), 1.0)
+        mixture = dist.MixtureSameFamily(dist.Categorical(jnp.array([0.5, 0.5])), modes)
+        numpyro.sample("x", mixture.expand([5]))
+
+    grid = np.linspace(-12.0, 12.0, 20001)
+    left, right = np.exp(-0.5 * (grid + 2) ** 2), np.exp(-0.5 * (grid - 2) ** 2)
+    density = (left + right) / np.sum(left + right)
+    score = -((grid + 2) * left + (grid - 2) * right) / (left + right)
+    fv = np.sum(density * score**2) * np.sum(density * grid**2)
+    assert 3.5 < fv < 3.8
+    for mass, units in (("gradient", fv), ("fisher", np.sqrt(fv))):
+        mcmc = MCMC(
+            S3HMC(model, ungoverned_mass=mass),
+            num_warmup=1000,
+            num_samples=1,
+            num_chains=2,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+        mcmc.run(jax.random.PRNGKey(0))
+        length = np.asarray(mcmc.last_state.metric_state.trajectory_length)
+        # the window's F and v from a few hundred autocorrelated draws: 15% on the length
+        np.testing.assert_allclose(length, np.pi * np.sqrt(units), rtol=0.15)
+
+
 def test_prior_scale_matches_the_likelihood_curvature():
     """mu ~ N(0, 1/sqrt(tau)) and 50 observations y ~ N(mu, 1/sqrt(tau)): the
     posterior curvature of mu is 51 tau. The default (coupled) metric has it exactly
