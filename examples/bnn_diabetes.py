@@ -213,8 +213,8 @@ def main(args):
     init = init_to_value(values=point)
     kernels = {
         # centred and static, unlike the other BNN examples: on this network's every
-        # weight the defaults mixed more slowly (seed 0, 2 chains x 500: min ESS 4 and
-        # max R-hat 1.59 against 18 and 1.12; the precisions' min ESS 48 against 37)
+        # weight the defaults mixed more slowly (seed 0, 2 chains x 500: min ESS 6 and
+        # max R-hat 1.31 against 18 and 1.12; the precisions' min ESS 27 against 37)
         "S3HMC": S3HMC(model, init_strategy=init, coordinates="centred", trajectory="static"),
         "NUTS": NUTS(model, init_strategy=init),
     }
