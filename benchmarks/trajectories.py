@@ -186,7 +186,9 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
     for sampler in hierarchical.chosen_samplers(SAMPLERS):
         k = kernel(sampler, centred, noncentred)
         # each chain's choice of scheme
-        fields = ("metric_state.use_tree",) if sampler == "S3HMC auto" else ()
+        fields = ()
+        if sampler == "S3HMC auto":
+            fields = ("metric_state.use_tree", "metric_state.restarts")
         budget = (num_chains, num_warmup, num_samples)
         draws, extra, row = run_sampler(sampler, k, args, seed, *budget, fields)
         grads = row.pop("grads")
@@ -204,6 +206,8 @@ def run_cell(name, seed, num_chains, num_warmup, num_samples):
         }
         if "metric_state.use_tree" in extra:
             out[sampler]["chains_on_the_tree"] = int(np.sum(extra["metric_state.use_tree"][:, -1]))
+        if "metric_state.restarts" in extra:  # warmup's restarts of trapped chains
+            out[sampler]["restarts"] = int(np.sum(extra["metric_state.restarts"][:, -1]))
     return out
 
 

@@ -75,6 +75,10 @@ class MetricAdaptState(NamedTuple):
     use_tree: Array  # shape=(), dtype=bool
     jumps: Array  # shape=(2, n_params + n_hyper)
     jump_grads: Array  # shape=(2,)
+    # the step size the search found at the chain's start (or its last restart), and
+    # the times warmup restarted the chain (:func:`trapped`)
+    found_step_size: Array  # shape=()
+    restarts: Array  # shape=(), dtype=int32
 
 
 def metric_adapter(
@@ -145,6 +149,8 @@ def metric_adapter(
             jnp.bool_(use_tree),
             jumps,
             jnp.zeros(2, data_precision.dtype),
+            jnp.asarray(step_size, data_precision.dtype),
+            jnp.int32(0),
         )
 
     def _ungoverned(fisher, var_theta):
@@ -301,6 +307,40 @@ def prefer_tree(metric_state, num_params: int) -> Array:
         worst.append(jnp.min(rate[:, num_params:], axis=1))
     score = jnp.min(jnp.stack(worst), axis=0)
     return score[1] > score[0]
+
+
+# a chain is trapped where its step size fell this many times below the one found at its
+# start, and its potential lies this far above the restart point's (restart_gap)
+RESTART_STEP_RATIO = 100.0
+
+
+def restart_windows(num_warmup: int) -> tuple[int, ...]:
+    """The warmup iterations at which a trapped chain restarts: the first of each of
+    NumPyro's windows after the opening one that begins in warmup's first half (late
+    enough that a chain coming in from a far start has come in, early enough that the
+    restarted chain has most of warmup to adapt afresh)."""
+    schedule = build_adaptation_schedule(num_warmup) if num_warmup > 0 else []
+    return tuple(int(s) for s, _ in schedule[1:] if s <= num_warmup // 2)
+
+
+def restart_gap(dim: int) -> float:
+    """The nats by which a trapped chain's potential exceeds the restart point's: 10 plus
+    5 standard deviations of a Gaussian posterior's potential in ``dim`` dimensions
+    (√(dim/2)), far outside what two draws from the bulk differ by."""
+    return 10.0 + 5.0 * float(np.sqrt(dim / 2.0))
+
+
+def trapped(potential_energy, step_size, metric_state, restart_energy, dim: int) -> Array:
+    """Whether a chain is trapped in warmup: its step size has collapsed by
+    :data:`RESTART_STEP_RATIO` from the one found at its start, and its potential lies
+    :func:`restart_gap` above the restart point's (or is not finite). A chain in a
+    stiff tail far above the bulk (a BNN whose hidden units saturated, log τ = −42:
+    step sizes of 1e-8, docs/design.md §6) meets both; one deep in a funnel's neck
+    has the small step size but a lower potential, and one in a wide mode a higher
+    potential but no collapse."""
+    collapsed = step_size * RESTART_STEP_RATIO < metric_state.found_step_size
+    above = ~(potential_energy - restart_energy <= restart_gap(dim))
+    return collapsed & above
 
 
 def restart_step_size(wa_state, step_size: Array):

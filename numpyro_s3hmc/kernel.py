@@ -26,6 +26,8 @@ from numpyro_s3hmc.adaptation import (
     prefer_tree,
     record_jump,
     restart_step_size,
+    restart_windows,
+    trapped,
     trial_window,
 )
 from numpyro_s3hmc.integrators import INTEGRATORS, IntegratorState, build_integrator
@@ -222,6 +224,9 @@ class S3HMCState(NamedTuple):
     adapt_state: HMCAdaptState  # step_size, θ variance (NumPyro's)
     metric_state: MetricAdaptState  # G_θ(η) = prior_scale * P(η) + data_precision
     rng_key: PRNGKey
+    # where warmup restarts a trapped chain: (z, U, ∂U/∂z) at the coordinates pilot's
+    # lowest end state; None without a pilot (docs/design.md §6)
+    restart_point: tuple | None = None
 
 
 class S3HMC(MCMCKernel):
@@ -319,7 +324,9 @@ class S3HMC(MCMCKernel):
         than 8 values, are decided together),
         the pilot's gradients in ``kernel.pilot_grad_evals``; under
         ``chain_method="parallel"`` the pilot runs once, at trace time, on four
-        vectorized chains (docs/design.md §3.2). ``"centred"``: the model as written; ``"noncentred"``: every such site non-centred. Draws come
+        vectorized chains (docs/design.md §3.2). Its end state is also where warmup
+        restarts a chain trapped far above the bulk with a collapsed step size
+        (``state.metric_state.restarts`` counts them, docs/design.md §6). ``"centred"``: the model as written; ``"noncentred"``: every such site non-centred. Draws come
         back in the user's coordinates, under the user's names; the kernel's state
         keeps θ_decentered's value under θ's name too (so that ``print_summary`` shows
         θ), and ``kernel.model_z(state.z)`` gives it the sampled model's names. Inside
@@ -430,6 +437,9 @@ class S3HMC(MCMCKernel):
         self.pilot_grad_evals = 0
         # the pilot's statistic per candidate site
         self.coordinates_pilot = None
+        # the pilot's end state of lowest potential (the user's centred coordinates):
+        # where warmup restarts a trapped chain
+        self._pilot_z = None
         self._hyper_sites = hyper_sites
         self._count_observations = count_observations
         self._init_strategy = init_strategy
@@ -529,6 +539,7 @@ class S3HMC(MCMCKernel):
         kernel._noncentred_sites = kernel._candidates = None
         kernel.pilot_grad_evals = 0
         kernel.coordinates_pilot = None
+        kernel._pilot_z = None
         kernel._partition = None
         kernel._potential_fn_gen = None
         kernel._postprocess_fn = None
@@ -562,6 +573,12 @@ class S3HMC(MCMCKernel):
                 self._noncentred_sites = self._candidates
         sites = () if self._coordinates == "centred" else self._noncentred_sites
         self._user_names = {}
+        # where warmup restarts a trapped chain: the pilot's end state, so none without
+        # a pilot, and none without a step size to watch collapse
+        restart_z = self._pilot_z if self._coordinates == "auto" else None
+        self._restart_at = restart_windows(num_warmup) if self._adapt_step_size else ()
+        if not self._restart_at:
+            restart_z = None
         if sites:
             self._sampled_model = noncentred(self._model, sites)
             names = decentred_names(self._model, sites, model_args, model_kwargs)
@@ -570,6 +587,8 @@ class S3HMC(MCMCKernel):
                 init_params = self._to_noncentred(
                     init_params, names, vectorized, model_args, model_kwargs
                 )
+            if restart_z is not None:
+                restart_z = self._to_noncentred(restart_z, names, False, model_args, model_kwargs)
         self._partition = partition_sites(
             self._sampled_model,
             model_args,
@@ -619,7 +638,12 @@ class S3HMC(MCMCKernel):
         schedule = build_adaptation_schedule(num_warmup) if num_warmup > 0 else []
         opening = int(schedule[0][1]) + 1 if len(schedule) > 1 else num_warmup // 2
         self._tree_until = opening if schedule else 0
-        init_fn = partial(self._init_chain, model_args=model_args, model_kwargs=model_kwargs)
+        init_fn = partial(
+            self._init_chain,
+            restart_z=restart_z,
+            model_args=model_args,
+            model_kwargs=model_kwargs,
+        )
         self._sample_fn = self._sample_chain
         if vectorized:
             self._sample_fn = self._sample_vectorized
@@ -716,6 +740,12 @@ class S3HMC(MCMCKernel):
             return jax.lax.scan(body, state, None, length=steps)
 
         state, (draws, grads) = run(state)
+        self._pilot_z = state.z
+        if vectorized:
+            best = jnp.argmin(
+                jnp.where(jnp.isfinite(state.potential_energy), state.potential_energy, jnp.inf)
+            )
+            self._pilot_z = jax.tree.map(lambda v: v[best], state.z)
         self.pilot_grad_evals = int(np.sum(grads))
         var = {k: np.var(np.asarray(draws[k])[steps // 2 :], axis=0) for k in candidates}
         self.coordinates_pilot = {k: float(np.median(v)) for k, v in var.items()}
@@ -765,10 +795,14 @@ class S3HMC(MCMCKernel):
             if (k in self._user_names or not p.governed.any()) and not p.location_of
         )
 
-    def _init_chain(self, z, rng_key, model_args, model_kwargs):
+    def _init_chain(self, z, rng_key, restart_z, model_args, model_kwargs):
         partition = self._partition
         potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
         pe, z_grad = jax.value_and_grad(potential_fn)(z)
+        restart_point = None
+        if restart_z is not None:
+            pe_r, grad_r = jax.value_and_grad(potential_fn)(restart_z)
+            restart_point = (self._state_z(restart_z), pe_r, self._state_z(grad_r))
         theta, eta = split_z(z, partition)
         dtype = jnp.result_type(theta, eta, pe)
         governed = jnp.asarray(partition.governed_mask)
@@ -794,7 +828,37 @@ class S3HMC(MCMCKernel):
             adapt_state=wa_state._replace(rng_key=None),
             metric_state=metric_state,
             rng_key=rng_key,
+            restart_point=restart_point,
         )
+
+    def _restart_if_trapped(self, state):
+        """``state``, or where the chain is :func:`~numpyro_s3hmc.adaptation.trapped`, a
+        fresh start at its restart point: the step size, metric and trajectory length of
+        ``init``, in the current warmup window (docs/design.md §6); and whether it was."""
+        partition = self._partition
+        z_r, pe_r, grad_r = state.restart_point
+        theta, eta = split_z(self.model_z(z_r), partition)
+        dim = theta.size + eta.size
+        stuck = trapped(
+            state.potential_energy, state.adapt_state.step_size, state.metric_state, pe_r, dim
+        )
+        dtype = jnp.result_type(theta, eta, pe_r)
+        d0 = jnp.where(jnp.asarray(partition.governed_mask), 0.0, 1.0).astype(dtype)
+        wa_state, metric_state = self._adapt_init(
+            jnp.concatenate([theta, eta]),
+            random.PRNGKey(0),  # only NumPyro's step-size search reads it, unused here
+            jnp.asarray(self._step_size, dtype),
+            d0,
+            self._trajectory_length,
+        )
+        fresh = state._replace(
+            z=z_r,
+            potential_energy=pe_r,
+            z_grad=grad_r,
+            adapt_state=wa_state._replace(rng_key=None, window_idx=state.adapt_state.window_idx),
+            metric_state=metric_state._replace(restarts=state.metric_state.restarts + 1),
+        )
+        return jax.tree.map(lambda a, b: jnp.where(stuck, a, b), fresh, state), stuck
 
     def _trajectory_steps(self, rng_key, step_size, trajectory_length):
         if self._num_steps is not None:
@@ -862,6 +926,15 @@ class S3HMC(MCMCKernel):
         state's choice of scheme (the vote of vectorized chains); ``fold_search=False``
         (vectorized chains) searches the first step size in a loop of its own."""
         partition = self._partition
+        # at the start of an early warmup window a trapped chain restarts (a real
+        # branch: i is unbatched under vmap too); its step size is searched again
+        restart_now = False
+        restarted = jnp.bool_(False)
+        if self._restart_at and state.restart_point is not None:
+            restart_now = jnp.isin(state.i, jnp.asarray(self._restart_at))
+            state, restarted = jax.lax.cond(
+                restart_now, self._restart_if_trapped, lambda s: (s, restarted), state
+            )
         theta, eta = split_z(self.model_z(state.z), partition)
         g_theta, g_eta = split_z(self.model_z(state.z_grad), partition)
         potential_and_grad, metric, unit_diagonal = self._hamiltonian_parts(
@@ -907,8 +980,9 @@ class S3HMC(MCMCKernel):
             # first warmup iteration: find the scale before dual averaging, each trial
             # one static step through the same compiled transition as the draw
             # (a separate search would compile the momenta and the integrator again)
+            first = (state.i == 0) | restarted
             step_size, new, info = self._search_then_transition(
-                state.i == 0,
+                first,
                 key_search,
                 key_steps,
                 key_transition,
@@ -920,18 +994,21 @@ class S3HMC(MCMCKernel):
                 multinomial,
             )
             adapt_state = jax.lax.cond(
-                state.i == 0, lambda a: restart_step_size(a, step_size), identity, adapt_state
+                first, lambda a: restart_step_size(a, step_size), identity, adapt_state
             )
         else:
+            first = (state.i == 0) | restarted
             if search:  # vectorized chains: a batched search would batch the schemes' flags
+
+                def searched(a):
+                    size = find_reasonable_step_size(
+                        key_search, start, step_fn, metric, a.step_size
+                    )
+                    new = restart_step_size(a, size)
+                    return jax.tree.map(lambda x, y: jnp.where(first, x, y), new, a)
+
                 adapt_state = jax.lax.cond(
-                    state.i == 0,
-                    lambda a: restart_step_size(
-                        a,
-                        find_reasonable_step_size(key_search, start, step_fn, metric, a.step_size),
-                    ),
-                    identity,
-                    adapt_state,
+                    (state.i == 0) | restart_now, searched, identity, adapt_state
                 )
             step_size = adapt_state.step_size
             steps = self._trajectory_steps(key_steps, step_size, length)
@@ -940,6 +1017,10 @@ class S3HMC(MCMCKernel):
                 step_size=step_size,
                 num_steps=steps,
                 **_scheme_kwargs(tree, multinomial),
+            )
+        if search:  # what a later collapse of the step size is measured against
+            metric_state = metric_state._replace(
+                found_step_size=jnp.where(first, step_size, metric_state.found_step_size)
             )
         if trial is not None:
             # the bookkeeping only inside the trial (a quantile sorts θ): real branches,
@@ -1000,6 +1081,7 @@ class S3HMC(MCMCKernel):
             adapt_state=adapt_state,
             metric_state=metric_state,
             rng_key=rng_key,
+            restart_point=state.restart_point,
         )
 
     def _sample_vectorized(self, state, model_args, model_kwargs):

@@ -372,6 +372,78 @@ def test_adapted_trajectory_length_counts_wide_free_elements():
         np.testing.assert_allclose(length, np.pi * np.sqrt(units), rtol=0.15)
 
 
+@pytest.mark.parametrize("vectorized", [False, True])
+def test_warmup_restarts_a_trapped_chain_from_the_pilots_end_state(vectorized):
+    """A chain whose step size collapsed 100-fold from the one found at its start and
+    whose potential lies far above the coordinates pilot's end state (a BNN's chain in a
+    stiff tail, docs/design.md §6) restarts there, at the start of an early warmup
+    window, with init's metric and a searched step size; a chain that meets one of the
+    two conditions, or the iteration that starts no such window, is left alone, and in
+    a vectorized run so are the other chains, bit for bit."""
+    from numpyro_s3hmc import S3HMC as AutoS3HMC
+
+    kernel = AutoS3HMC(regression)  # coordinates="auto": the pilot gives the restart point
+    key = jax.random.PRNGKey(0)
+    state = kernel.init(jax.random.split(key) if vectorized else key, 200, model_args=(X, Y))
+    assert kernel.coordinates is not None and kernel._restart_at[:2] == (75, 100)
+    sample = jax.jit(lambda s: kernel.sample(s, (X, Y), {}))
+    for _ in range(3):  # past the first iteration's search
+        state = sample(state)
+    z_r, pe_r, _ = state.restart_point
+    found = state.metric_state.found_step_size
+    assert np.all(np.asarray(found) != kernel._step_size)
+    gap = 10.0 + 5.0 * np.sqrt(4 / 2)  # restart_gap: w's 3 elements and τ_w, τ_y (η: 2)
+    trapped_chain = np.array([False, True]) if vectorized else np.array(True)
+
+    def forged(i, collapse, above):
+        step = state.adapt_state.step_size
+        pe = state.potential_energy
+        step = jnp.where(trapped_chain & collapse, found * 1e-3, step)
+        pe = jnp.where(trapped_chain & above, pe_r + gap + 1.0, jnp.minimum(pe, pe_r))
+        return state._replace(
+            i=jnp.full_like(state.i, i),
+            potential_energy=pe,
+            adapt_state=state.adapt_state._replace(step_size=step),
+        )
+
+    def restarts(s):
+        return np.asarray(sample(s).metric_state.restarts)
+
+    new = sample(forged(75, True, True))
+    np.testing.assert_array_equal(new.metric_state.restarts, trapped_chain.astype(int))
+    size = np.asarray(new.adapt_state.step_size)[trapped_chain]
+    assert np.all(size > np.asarray(found)[trapped_chain] / 100)  # searched afresh
+    # the search ran from init's step size (doubling or halving it), not the collapsed
+    # one, and its result is the reference for a later collapse
+    refound = np.asarray(new.metric_state.found_step_size)[trapped_chain]
+    powers = np.log2(refound / kernel._step_size)
+    np.testing.assert_array_equal(powers, np.round(powers))
+    for i, collapse, above in ((76, True, True), (75, False, True), (75, True, False)):
+        assert not restarts(forged(i, collapse, above)).any()
+    if vectorized:  # the other chain: as if no chain were trapped
+        calm = sample(forged(75, False, False))
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(calm), strict=True):
+            np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])
+    # the restart itself: the pilot's point, init's metric, the window kept
+    one = (
+        jax.tree.map(lambda v: v[1], forged(75, True, True))
+        if vectorized
+        else forged(75, True, True)
+    )
+    restarted, stuck = kernel._restart_if_trapped(one)
+    assert bool(stuck)
+    r = jax.tree.map(lambda v: v[1], state.restart_point) if vectorized else state.restart_point
+    for a, b in zip(
+        jax.tree.leaves((restarted.z, restarted.potential_energy, restarted.z_grad)),
+        jax.tree.leaves(r),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert int(restarted.adapt_state.window_idx) == int(one.adapt_state.window_idx)
+    np.testing.assert_array_equal(restarted.adapt_state.inverse_mass_matrix, 1.0)
+    np.testing.assert_array_equal(restarted.metric_state.prior_scale, 1.0)
+
+
 def test_prior_scale_matches_the_likelihood_curvature():
     """mu ~ N(0, 1/sqrt(tau)) and 50 observations y ~ N(mu, 1/sqrt(tau)): the
     posterior curvature of mu is 51 tau. The default (coupled) metric has it exactly

@@ -190,7 +190,14 @@ def test_auto_prefers_the_scheme_that_moves_the_slowest_coordinates_further_per_
     def state(static, tree, grads):
         zeros = jnp.zeros(2)
         return MetricAdaptState(
-            *(zeros,) * 5, jnp.int32(0), 1.0, jnp.bool_(False), jnp.array([static, tree]), grads
+            *(zeros,) * 5,
+            jnp.int32(0),
+            1.0,
+            jnp.bool_(False),
+            jnp.array([static, tree]),
+            grads,
+            1.0,
+            jnp.int32(0),
         )
 
     # 20 θ elements and one η: per gradient the tree moves θ twice as far, η 4×
