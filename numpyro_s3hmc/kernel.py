@@ -976,11 +976,12 @@ class S3HMC(MCMCKernel):
         )
         length = state.metric_state.trajectory_length
         search = self._adapt_step_size and self._num_warmup > 0
+        # the step size is searched at the first warmup iteration and after a restart
+        first = (state.i == 0) | restarted
         if search and fold_search:
-            # first warmup iteration: find the scale before dual averaging, each trial
-            # one static step through the same compiled transition as the draw
-            # (a separate search would compile the momenta and the integrator again)
-            first = (state.i == 0) | restarted
+            # find the scale before dual averaging, each trial one static step through
+            # the same compiled transition as the draw (a separate search would compile
+            # the momenta and the integrator again)
             step_size, new, info = self._search_then_transition(
                 first,
                 key_search,
@@ -997,7 +998,6 @@ class S3HMC(MCMCKernel):
                 first, lambda a: restart_step_size(a, step_size), identity, adapt_state
             )
         else:
-            first = (state.i == 0) | restarted
             if search:  # vectorized chains: a batched search would batch the schemes' flags
 
                 def searched(a):

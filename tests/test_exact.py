@@ -129,7 +129,14 @@ def test_gamma_funnel_50d_long(integrator):
     assert_mean((s["tau"] - 2.0) ** 2, 2.0, "Var[tau]", min_ess=1000)
 
 
-@pytest.mark.parametrize("param_metric", ["prior+fisher", "prior+variance", "prior"])
+# the default run checks one of the non-default θ metrics; the others with -m slow
+@pytest.mark.parametrize(
+    "param_metric",
+    [
+        "prior+fisher",
+        *(pytest.param(m, marks=pytest.mark.slow) for m in ("prior+variance", "prior")),
+    ],
+)
 def test_normal_gamma_other_param_metrics(param_metric):
     mn, kn, an, bn = normal_gamma_posterior()
     s = sample(normal_gamma, "splitting", jnp.asarray(Y), param_metric=param_metric)

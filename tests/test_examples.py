@@ -47,9 +47,10 @@ SINE_FULL = (
 # multi-chain path of the examples that compute their own)
 ONE_CHAIN = ("funnel", "bimodal", "bnn_diabetes")
 # the default run keeps it under 15 minutes on 2 cores: the digits and diabetes BNNs
-# (each about 40 s, most of it compiling S3HMC's pilot and sampler and NUTS) run with
-# -m slow; bnn_sine and test_bnn_cnn cover the BNN example path by default
-SLOW_EXAMPLES = ("bnn_digits", "bnn_diabetes")
+# (each about 40 s, most of it compiling S3HMC's pilot and sampler and NUTS) and the
+# bimodal example (20 s) run with -m slow; bnn_sine and test_bnn_cnn cover the BNN
+# example path by default, funnel the one-chain JSON path
+SLOW_EXAMPLES = ("bnn_digits", "bnn_diabetes", "bimodal")
 RUNS = [
     pytest.param(
         name,
