@@ -318,18 +318,24 @@ def test_adapted_trajectory_length_on_funnel():
         tau = numpyro.sample("tau", dist.Gamma(2.0, 1.0))
         numpyro.sample("x", dist.Normal(0.0, 1 / jnp.sqrt(tau)).expand([50]))
 
-    # centred: in non-centred coordinates (coordinates="auto" picks them here) every
-    # direction has sd 1 in metric units and the length is π
+    # centred (coordinates="auto" picks non-centred here, below)
     kernel = S3HMC(funnel, coordinates="centred")
     mcmc = MCMC(kernel, num_warmup=500, num_samples=1, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0))
     state = mcmc.last_state
-    # π sqrt(Var[log τ] c) with Var[log τ] = ψ'(2) ≈ 0.645 and c = 26: ≈ 12.9
-    assert 9.0 < float(state.metric_state.trajectory_length) < 17.0
+    # 0.7 π sqrt(Var[log τ] c) with Var[log τ] = ψ'(2) ≈ 0.645 and c = 26: ≈ 9.0
+    assert 6.3 < float(state.metric_state.trajectory_length) < 11.9
     # prior-only: no excess curvature survives its noise on most coordinates, so the
     # default metric stays the paper's (scale 1, nothing added)
     assert float(jnp.median(state.metric_state.prior_scale)) < 1.1
     assert float(jnp.max(state.metric_state.data_precision)) == 0.0
+    # non-centred, the whitened θ̃ set the length, and the elements free of η being
+    # Gaussian in the metric's units it is exactly 0.7 π (the whole half period is kept
+    # where they are wide: the next test)
+    noncentred = S3HMC(funnel, coordinates="noncentred")
+    mcmc = MCMC(noncentred, num_warmup=300, num_samples=1, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(mcmc.last_state.metric_state.trajectory_length, 0.7 * np.pi)
     fixed = S3HMC(funnel, trajectory_length=3.0)
     mcmc = MCMC(fixed, num_warmup=300, num_samples=1, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0))
