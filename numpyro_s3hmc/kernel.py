@@ -104,6 +104,7 @@ def s3hmc_step(
     max_tree_depth: int = 10,
     multinomial: bool | Array = False,
     use_tree: Array | None = None,
+    retry_steps: Array | None = None,
 ) -> tuple[IntegratorState, TransitionInfo]:
     """One S3HMC transition from ``state`` (its momenta are ignored).
 
@@ -119,7 +120,10 @@ def s3hmc_step(
     one loop (:func:`~numpyro_s3hmc.trajectory.static_or_tree`): the momenta, the
     integrator's step and the energy are each compiled once. A failed step
     (non-finite energy, a fixed point that does not converge, τ ≤ 0) or an energy
-    error above ``max_delta_energy`` is a divergence.
+    error above ``max_delta_energy`` is a divergence. With ``retry_steps`` (possibly
+    traced; 0 turns it off), a static trajectory that diverges is tried again with
+    half the step size and ``retry_steps`` steps, by delayed rejection
+    (:func:`~numpyro_s3hmc.trajectory.retried`).
     """
     key_momentum, key_trajectory = random.split(rng_key)
     r_theta, r_eta = sample_momentum(metric, key_momentum, state.eta, state.theta.size)
@@ -131,20 +135,31 @@ def s3hmc_step(
         )
         return h, jnp.concatenate([v_theta, v_eta])
 
-    def run(use_tree, multinomial=False):
+    def attempt(start, size, steps, stage, use_tree, multinomial):
+        # the first stage draws with key_trajectory, as a transition without retries does
+        key = key_trajectory if stage is None else random.fold_in(key_trajectory, stage)
+        if stage is not None:
+            key = jnp.where(stage == 0, key_trajectory, key)
         return trajectories.static_or_tree(
-            key_trajectory,
-            state,
+            key,
+            start,
             step_fn,
             grads_per_step,
             energy,
-            step_size,
-            num_steps,
+            size,
+            steps,
             lambda s: jnp.concatenate([s.r_theta, s.r_eta]),
             use_tree,
             multinomial=multinomial,
             max_tree_depth=max_tree_depth,
             max_delta_energy=max_delta_energy,
+        )
+
+    def run(use_tree, multinomial=False):
+        if retry_steps is None or use_tree is True or multinomial is True:
+            return attempt(state, step_size, num_steps, None, use_tree, multinomial)
+        return trajectories.retried(
+            attempt, state, step_size, num_steps, retry_steps, use_tree, multinomial
         )
 
     if trajectory in ("static", "multinomial"):  # the latter: warmup's opening window
@@ -282,7 +297,11 @@ class S3HMC(MCMCKernel):
         hyperparameters are known to be the slow variables and compilation matters.
         ``"static"``: the jittered length above, one
         Metropolis-Hastings test of its end point; where the hyperparameters are
-        the slow variables its end points are near-antithetic in them.
+        the slow variables its end points are near-antithetic in them. A trajectory
+        that diverges is tried once more at half the step size, accepted by delayed
+        rejection (:func:`~numpyro_s3hmc.trajectory.retried`): a chain in a region
+        too stiff for its step size moves on instead of rejecting every trajectory
+        there; ``diverging`` still reports the first trajectory's divergence.
         ``"nuts"``: a multinomial no-U-turn tree over the same integrator with the
         Riemannian criterion (:mod:`numpyro_s3hmc.trajectory`), of at most
         2^max_tree_depth steps; ``trajectory_length`` and ``num_steps`` are then
@@ -867,6 +886,12 @@ class S3HMC(MCMCKernel):
         n = jnp.ceil(trajectory_length * u / step_size)
         return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
 
+    def _retry_steps(self, num_steps):
+        """The steps of a divergent static trajectory's retry at 1/RETRY_FACTOR of the
+        step size: the same length, within ``max_num_steps``."""
+        factor = trajectories.RETRY_FACTOR
+        return jnp.minimum(num_steps * factor, max(self._max_num_steps, 1)).astype(jnp.int32)
+
     def _search_then_transition(
         self,
         first,
@@ -892,6 +917,8 @@ class S3HMC(MCMCKernel):
             key_s, sub = random.split(key_s)
             size = jnp.where(trying, size * jnp.exp2(direction).astype(size.dtype), size)
             steps = jnp.where(trying, 1, self._trajectory_steps(key_steps, size, length))
+            # a divergent trajectory is retried at half the step size (not a search's trial)
+            retry = jnp.where(trying, 0, self._retry_steps(steps))
             # a Python False stays one: a static-only model compiles no tree
             tree_now = tree if tree is False else tree & ~trying
             mult = multinomial if isinstance(multinomial, bool) else multinomial & ~trying
@@ -899,6 +926,7 @@ class S3HMC(MCMCKernel):
                 jnp.where(trying, sub, key),
                 step_size=size,
                 num_steps=steps,
+                retry_steps=retry,
                 **_scheme_kwargs(tree_now, mult),
             )
             turn = jnp.where(info.accept_prob > 0.8, 1, -1).astype(jnp.int32)
@@ -915,7 +943,10 @@ class S3HMC(MCMCKernel):
         search = (step_size, i32, i32, key_search, i32)
         # the loop's first pass fills these; their values are never read
         zero = jnp.zeros((), start.potential_energy.dtype)
-        blank = (start, TransitionInfo(zero, jnp.bool_(False), zero, i32, i32, i32))
+        blank = (
+            start,
+            TransitionInfo(zero, jnp.bool_(False), zero, i32, i32, i32, jnp.bool_(False)),
+        )
         search, _, new, info = jax.lax.while_loop(
             lambda c: ~c[1], body, (search, jnp.bool_(False), *blank)
         )
@@ -1016,6 +1047,7 @@ class S3HMC(MCMCKernel):
                 key_transition,
                 step_size=step_size,
                 num_steps=steps,
+                retry_steps=self._retry_steps(steps),
                 **_scheme_kwargs(tree, multinomial),
             )
         if search:  # what a later collapse of the step size is measured against

@@ -52,6 +52,9 @@ class TransitionInfo(NamedTuple):
     num_steps: Array  # shape=(), dtype=int32, integrator steps taken
     num_grad_evals: Array  # shape=(), dtype=int32, gradients of U
     fixed_point_iters: Array  # shape=(), dtype=int32, most iterations of a solve
+    # the static end point passed its test (the tree and the multinomial draw: False;
+    # they are never retried, see kernel.s3hmc_step)
+    accepted: Array  # shape=(), dtype=bool
 
 
 def _select(pred, a, b):
@@ -439,6 +442,7 @@ def static_or_tree(
             num_steps=num,
             num_grad_evals=num * grads_per_step,
             fixed_point_iters=iters,
+            accepted=jnp.bool_(False),
         )
 
     def tree_result():
@@ -464,9 +468,114 @@ def static_or_tree(
             num_steps=run.i,
             num_grad_evals=run.i * grads_per_step,
             fixed_point_iters=run.iters,
+            accepted=accept,
         )
 
     def static_result():
         return cond_or(multinomial, drawn, end_point)
 
     return cond_or(use_tree, tree_result, static_result)
+
+
+# a divergent static trajectory is tried again with the step size divided by this
+RETRY_FACTOR = 2
+
+
+def retried(
+    attempt: Callable,
+    state,
+    step_size: Array,
+    num_steps: Array,
+    retry_steps: Array,
+    use_tree: bool | Array = False,
+    multinomial: bool | Array = False,
+):
+    """A static transition that, where its trajectory diverges, is tried once more by
+    delayed rejection (Modi, Barnett & Carpenter 2024): from the same state and
+    momenta, with the step size divided by :data:`RETRY_FACTOR` and ``retry_steps``
+    steps (0: no retry).
+
+    ``attempt(start, step_size, num_steps, stage, use_tree, multinomial)`` is one
+    transition of :func:`static_or_tree` from ``start`` (its momenta drawn), with the
+    random numbers of ``stage``. A chain in a region that is stiff for its step size
+    otherwise rejects every trajectory there (a BNN's chain sat 270 draws on one
+    state, docs/design.md §6); the smaller step gets it out, and its draws stay exact.
+
+    Delayed rejection accepts the second proposal x₂ with probability
+    min(1, π(x₂)(1 − α₁(x₂)) β(x₂) / (π(x₀)(1 − α₁(x₀)) β(x₀))), where α₁ is the first
+    stage's acceptance and β(x) whether the second stage is tried from x. Here β is
+    whether the first stage diverged, and a divergence is rejected (α₁ = 0): so x₂ is
+    accepted with probability min(1, exp(H₀ − H₂)) where the first stage run from x₂
+    with its momenta reversed (the "ghost", ``-step_size`` from x₂) diverges too, and
+    never elsewhere. The ghost is run only where the second stage's own test passed.
+    Which trajectories diverge and the acceptance reported (the first stage's, which
+    step-size adaptation reads) are unchanged; the gradients count all three.
+    The tree and the opening window's multinomial draw are never retried.
+
+    Modi, C., Barnett, A. and Carpenter, B. (2024). Delayed rejection Hamiltonian Monte
+    Carlo for sampling multiscale distributions. Bayesian Analysis 19(3).
+    """
+    dtype = jnp.result_type(step_size)
+
+    def flag(x, stage):  # a Python bool stays one: a static-only model compiles no tree
+        return x if isinstance(x, bool) else x & (stage == 0)
+
+    def body(c):
+        stage, start, size, steps, first, new_state, energy, total, _ = c
+        new, info = attempt(
+            start, size, steps, stage, flag(use_tree, stage), flag(multinomial, stage)
+        )
+        tried = ~info.accepted & info.diverging & (retry_steps > 0)
+        if not isinstance(use_tree, bool) or use_tree:
+            tried = tried & ~use_tree
+        if not isinstance(multinomial, bool) or multinomial:
+            tried = tried & ~multinomial
+        retry = (stage == 0) & tried
+        ghost = (stage == 1) & info.accepted
+        # the ghost diverged: x₂ (its start) is accepted, elsewhere the chain stays at x₀
+        kept = jnp.where(stage == 2, info.diverging, True)
+        new = _select(stage == 2, _select(kept, start, state), new)
+        energy = jnp.where(stage == 2, jnp.where(kept, energy, first.energy), info.energy)
+        first = _select(stage == 0, info, first)
+        total = (
+            total[0] + info.num_steps,
+            total[1] + info.num_grad_evals,
+            jnp.maximum(total[2], info.fixed_point_iters),
+        )
+        moved = jnp.where(stage == 2, kept, info.accepted)
+        return (
+            jnp.where(retry, 1, jnp.where(ghost, 2, 3)).astype(jnp.int32),
+            _select(ghost, new, state),
+            jnp.where(retry, size / RETRY_FACTOR, -step_size).astype(dtype),
+            jnp.where(retry, retry_steps, num_steps).astype(jnp.int32),
+            first,
+            new,
+            energy,
+            total,
+            moved,
+        )
+
+    i32 = jnp.int32(0)
+    zero = jnp.zeros((), dtype)
+    blank = TransitionInfo(zero, jnp.bool_(False), zero, i32, i32, i32, jnp.bool_(False))
+    init = (
+        i32,
+        state,
+        jnp.asarray(step_size, dtype),
+        jnp.asarray(num_steps, jnp.int32),
+        blank,
+        state,
+        zero,
+        (i32, i32, i32),
+        jnp.bool_(False),
+    )
+    _, _, _, _, first, new, energy, total, moved = jax.lax.while_loop(
+        lambda c: c[0] < 3, body, init
+    )
+    return new, first._replace(
+        energy=energy,
+        num_steps=total[0],
+        num_grad_evals=total[1],
+        fixed_point_iters=total[2],
+        accepted=moved,
+    )

@@ -202,9 +202,11 @@ def replay_implicit_steps(kernel, last, first, z, fields, rows):
     ``z`` are the run's unconstrained draws, ``fields`` its REPLAY_FIELDS, ``last``
     its last state and ``first`` its post-warmup state, where draw 0 starts (needed
     only if ``0 in rows``). Each transition is rerun from the state before it with
-    the kernel's own metric, step size, momentum key and recorded number of steps.
-    Returns, per transition, whether every step before the last succeeded, whether
-    the last one did, and the last step's τ-block log-step
+    the kernel's own metric, step size, momentum key and number of steps (its first
+    stage's: a divergent trajectory is retried, and the recorded count includes the
+    retry's), up to the first step that fails. Returns, per transition, whether every
+    step before the last succeeded, whether the last one did, and the last step's
+    τ-block log-step
     Δ = h (r_η − h/2 ∂V/∂η) / c: how far one ALBA step from the same point moves log τ.
     Δ decides the implicit τ block: its fixed-point equations for r_τ(½) and for τ'
     are quadratics with discriminants 1 + 2Δ and 1 − 2Δ, so both have a real root
@@ -221,10 +223,12 @@ def replay_implicit_steps(kernel, last, first, z, fields, rows):
     def begin(z, potential_energy, z_grad, rng_key):
         theta, eta = split_z(z, kernel.partition)
         grad_theta, grad_eta = split_z(z_grad, kernel.partition)
-        _, _, key_transition, _ = jax.random.split(rng_key, 4)  # as S3HMC._sample_chain
+        _, key_steps, key_transition, _ = jax.random.split(rng_key, 4)  # as S3HMC._sample_chain
         key_momentum, _ = jax.random.split(key_transition)  # as s3hmc_step
         r_theta, r_eta = sample_momentum(metric, key_momentum, eta, theta.size)
-        return IntegratorState(theta, eta, r_theta, r_eta, potential_energy, grad_theta, grad_eta)
+        steps = kernel._trajectory_steps(key_steps, step_size, last.metric_state.trajectory_length)
+        state = IntegratorState(theta, eta, r_theta, r_eta, potential_energy, grad_theta, grad_eta)
+        return state, steps
 
     def before(i):  # the state transition i starts from
         if i == 0:
@@ -235,12 +239,14 @@ def replay_implicit_steps(kernel, last, first, z, fields, rows):
 
     earlier_ok, last_ok, log_step = [], [], []
     for i in rows:
-        state, ok = begin(*before(i)), []
-        for _ in range(int(fields["num_integrator_steps"][i])):
+        (state, steps), ok = begin(*before(i)), []
+        for _ in range(int(steps)):
             probe, _ = explicit(state, step_size)
             delta = float(jnp.max(jnp.abs(probe.eta - state.eta)))
             state, info = implicit(state, step_size)
             ok.append(bool(info.ok))
+            if not ok[-1]:
+                break
         earlier_ok.append(all(ok[:-1]))
         last_ok.append(ok[-1])
         log_step.append(delta)

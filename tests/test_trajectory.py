@@ -216,3 +216,112 @@ def test_auto_prefers_the_scheme_that_moves_the_slowest_coordinates_further_per_
     assert float(jnp.mean(jnp.array(slow))) > 1.0
     # no hyperparameters: θ alone decides
     assert not bool(prefer_tree(state(theta, [0.5] * 20, both), 20))
+
+
+def stiff_outside(s, eps):
+    """The leapfrog, except that a coarse step (|ε| > 0.15) fails where it starts or
+    ends beyond |x0| = 1.2: a region that is stiff for the chain's step size only. The
+    failure is a property of the step's two ends, so a trajectory fails from either end."""
+    new, info = leapfrog(s, eps)
+    outside = (jnp.abs(s.x[0]) > 1.2) | (jnp.abs(new.x[0]) > 1.2)
+    return new, StepInfo(info.ok & ~(outside & (jnp.abs(eps) > 0.15)), info.fixed_point_iters)
+
+
+def retried_chain(retry, num_draws, seed, step=stiff_outside, step_size=0.2):
+    """Static transitions of 10-30 steps, a divergent one retried at half the step size
+    with four times the steps where ``retry``: twice as long, so that the ghost (the
+    first stage from the retry's end) often misses the region the first stage failed
+    in, which a retry without it would not see."""
+
+    def transition(x, key):
+        key_p, key_t, key_n = jax.random.split(key, 3)
+        p = jnp.sqrt(MASS) * jax.random.normal(key_p, (2,))
+        s = State(x, p, jax.grad(potential)(x))
+        n = jax.random.randint(key_n, (), 10, 31)
+
+        def attempt(start, size, steps, stage, use_tree, multinomial):
+            k = jnp.where(stage == 0, key_t, jax.random.fold_in(key_t, stage))
+            return trajectory.static_or_tree(k, start, step, 1, energy, size, steps, None, False)
+
+        retry_steps = jnp.where(retry, 4 * n, 0)
+        new, info = trajectory.retried(attempt, s, step_size, n, retry_steps)
+        return new.x, (new.x, info)
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_draws)
+    return jax.jit(lambda: jax.lax.scan(transition, jnp.zeros(2), keys))()[1]
+
+
+def test_delayed_rejection_of_a_divergent_trajectory_is_exact():
+    x, info = retried_chain(True, 20_000, 0)
+    x = np.asarray(x).T[:, None, :]  # (coordinate, chain, draw)
+    # the region the coarse step fails in is visited as often as the target says
+    outside = float(2 * jax.scipy.stats.norm.sf(1.2))  # P(|x0| > 1.2) = 0.23
+    assert_mean(np.abs(x[0]) > 1.2, outside, "P(|x0| > 1.2)", min_ess=2000)
+    assert_mean(x[0], 0.0, "E[x0]", min_ess=2000)
+    assert_mean(x[0] ** 2, 1.0, "E[x0^2]", min_ess=2000)
+    assert_mean(x[0] * x[1], 0.9, "E[x0 x1]", min_ess=2000)
+    divergent = np.asarray(info.diverging)
+    assert 0.1 < divergent.mean() < 0.9  # the first stage's divergences are reported
+    # a retry costs its own steps and, where its end point passed, the ghost's: n + 4n + n
+    grads, steps = np.asarray(info.num_grad_evals), np.asarray(info.num_steps)
+    np.testing.assert_array_equal(grads, steps)
+    assert steps[~divergent].max() <= 30 and steps[divergent].max() > 120
+    # without the retry the chain never enters the region: the test above can fail
+    x, info = retried_chain(False, 5_000, 0)
+    assert float(np.mean(np.abs(np.asarray(x)[:, 0]) > 1.2)) == 0.0
+    assert int(np.asarray(info.num_steps).max()) <= 30
+
+
+def test_delayed_rejection_moves_a_chain_past_the_stability_limit():
+    # at ε = 0.6 nearly every leapfrog trajectory of 10-30 steps blows up (the limit is
+    # about 0.45): the retry at 0.3 is what moves the chain, and its draws are exact
+    x, info = retried_chain(True, 10_000, 1, step=leapfrog, step_size=0.6)
+    assert float(np.mean(np.asarray(info.diverging))) > 0.9
+    assert float(np.mean(np.asarray(info.accept_prob))) < 0.05  # the first stage's
+    x = np.asarray(x).T[:, None, :]
+    assert_mean(x[0] ** 2, 1.0, "E[x0^2]", min_ess=1000)
+    assert_mean(x[0] * x[1], 0.9, "E[x0 x1]", min_ess=1000)
+
+
+@pytest.mark.parametrize("ghost_diverges", [True, False])
+@pytest.mark.parametrize("retry_passes", [True, False])
+def test_delayed_rejection_accepts_the_retry_only_where_its_ghost_diverges(
+    ghost_diverges, retry_passes
+):
+    # scripted stages: the first diverges; the retry (ε/2 from x0) ends at x0 + ε/2 and
+    # passes its own test or not; the ghost (−ε from the retry's end) diverges or not
+    x0, eps, n, n_retry = jnp.array([1.0]), 0.25, 7, 12
+
+    def attempt(start, size, steps, stage, use_tree, multinomial):
+        moved = State(start.x + size, start.p, start.grad)
+        ghost_ok = (stage == 2) & (start.x[0] == x0[0] + eps / 2) & (size == -eps)
+        diverging = jnp.where(stage == 2, ghost_ok & ghost_diverges, stage == 0)
+        accepted = (stage == 1) & retry_passes
+        info = trajectory.TransitionInfo(
+            accept_prob=jnp.where(stage == 0, 0.0, 0.5),
+            diverging=diverging,
+            energy=jnp.where(accepted, 2.0, 3.0),  # H(x2) = 2, H(x0) = 3
+            num_steps=steps,
+            num_grad_evals=2 * steps,
+            fixed_point_iters=jnp.int32(0),
+            accepted=accepted,
+        )
+        return _select_state(accepted, moved, start), info
+
+    s = State(x0, jnp.zeros(1), jnp.zeros(1))
+    new, info = jax.jit(lambda: trajectory.retried(attempt, s, eps, n, n_retry))()
+    taken = retry_passes and ghost_diverges
+    assert float(new.x[0]) == (1.125 if taken else 1.0)
+    assert float(info.energy) == (2.0 if taken else 3.0)
+    assert bool(info.accepted) == taken
+    # the first stage's divergence and acceptance are reported; every stage's steps count
+    assert bool(info.diverging) and float(info.accept_prob) == 0.0
+    assert int(info.num_steps) == n + n_retry + (n if retry_passes else 0)
+    assert int(info.num_grad_evals) == 2 * int(info.num_steps)
+    # no retry where it is turned off (0 steps) or the first stage did not diverge
+    new, info = jax.jit(lambda: trajectory.retried(attempt, s, eps, n, 0))()
+    assert float(new.x[0]) == 1.0 and int(info.num_steps) == n
+
+
+def _select_state(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
