@@ -513,7 +513,9 @@ def retried(
     The tree and the opening window's multinomial draw are never retried.
 
     Modi, C., Barnett, A. and Carpenter, B. (2024). Delayed rejection Hamiltonian Monte
-    Carlo for sampling multiscale distributions. Bayesian Analysis 19(3).
+    Carlo for sampling multiscale distributions. Bayesian Analysis.
+    Tierney, L. and Mira, A. (1999). Some adaptive Monte Carlo methods for Bayesian
+    inference. Statistics in Medicine 18, 2507-2515.
     """
     dtype = jnp.result_type(step_size)
 
