@@ -121,8 +121,8 @@ def s3hmc_step(
     integrator's step and the energy are each compiled once. A failed step
     (non-finite energy, a fixed point that does not converge, τ ≤ 0) or an energy
     error above ``max_delta_energy`` is a divergence. With ``retry_steps`` (possibly
-    traced; 0 turns it off), a static trajectory that diverges is tried again with
-    half the step size and ``retry_steps`` steps, by delayed rejection
+    traced; 0 turns it off), a static trajectory rejected with an acceptance below
+    ``trajectory.RETRY_BELOW`` (a divergent one) is tried again with half the step size and ``retry_steps`` steps, by delayed rejection
     (:func:`~numpyro_s3hmc.trajectory.retried`).
     """
     key_momentum, key_trajectory = random.split(rng_key)
@@ -135,11 +135,11 @@ def s3hmc_step(
         )
         return h, jnp.concatenate([v_theta, v_eta])
 
-    def attempt(start, size, steps, stage, use_tree, multinomial):
+    def attempt(start, size, steps, stage, use_tree, multinomial, take=False):
         # the first stage draws with key_trajectory, as a transition without retries does
-        key = key_trajectory if stage is None else random.fold_in(key_trajectory, stage)
+        key = key_trajectory
         if stage is not None:
-            key = jnp.where(stage == 0, key_trajectory, key)
+            key = jnp.where(stage == 0, key, random.fold_in(key_trajectory, stage))
         return trajectories.static_or_tree(
             key,
             start,
@@ -153,13 +153,21 @@ def s3hmc_step(
             multinomial=multinomial,
             max_tree_depth=max_tree_depth,
             max_delta_energy=max_delta_energy,
+            take=take,
         )
 
     def run(use_tree, multinomial=False):
         if retry_steps is None or use_tree is True or multinomial is True:
             return attempt(state, step_size, num_steps, None, use_tree, multinomial)
         return trajectories.retried(
-            attempt, state, step_size, num_steps, retry_steps, use_tree, multinomial
+            attempt,
+            state,
+            step_size,
+            num_steps,
+            retry_steps,
+            use_tree,
+            multinomial,
+            rng_key=random.fold_in(key_trajectory, 3),  # stages 0-2 draw from the others
         )
 
     if trajectory in ("static", "multinomial"):  # the latter: warmup's opening window
@@ -298,8 +306,8 @@ class S3HMC(MCMCKernel):
         ``"static"``: the jittered length above, one
         Metropolis-Hastings test of its end point; where the hyperparameters are
         the slow variables its end points are near-antithetic in them. A trajectory
-        that diverges is tried once more at half the step size, accepted by delayed
-        rejection (:func:`~numpyro_s3hmc.trajectory.retried`): a chain in a region
+        rejected with an acceptance below 0.01 (one that diverges) is tried once more
+        at half the step size, accepted by delayed rejection (:func:`~numpyro_s3hmc.trajectory.retried`): a chain in a region
         too stiff for its step size moves on instead of rejecting every trajectory
         there; ``diverging`` still reports the first trajectory's divergence.
         ``"nuts"``: a multinomial no-U-turn tree over the same integrator with the
@@ -887,7 +895,7 @@ class S3HMC(MCMCKernel):
         return jnp.clip(n, 1, self._max_num_steps).astype(jnp.int32)
 
     def _retry_steps(self, num_steps):
-        """The steps of a divergent static trajectory's retry at 1/RETRY_FACTOR of the
+        """The steps of a rejected static trajectory's retry at 1/RETRY_FACTOR of the
         step size: the same length, within ``max_num_steps``."""
         factor = trajectories.RETRY_FACTOR
         return jnp.minimum(num_steps * factor, max(self._max_num_steps, 1)).astype(jnp.int32)
@@ -917,7 +925,7 @@ class S3HMC(MCMCKernel):
             key_s, sub = random.split(key_s)
             size = jnp.where(trying, size * jnp.exp2(direction).astype(size.dtype), size)
             steps = jnp.where(trying, 1, self._trajectory_steps(key_steps, size, length))
-            # a divergent trajectory is retried at half the step size (not a search's trial)
+            # a rejected trajectory may be retried at half the step (not a search's trial)
             retry = jnp.where(trying, 0, self._retry_steps(steps))
             # a Python False stays one: a static-only model compiles no tree
             tree_now = tree if tree is False else tree & ~trying
@@ -942,11 +950,7 @@ class S3HMC(MCMCKernel):
         i32 = jnp.int32(0)
         search = (step_size, i32, i32, key_search, i32)
         # the loop's first pass fills these; their values are never read
-        zero = jnp.zeros((), start.potential_energy.dtype)
-        blank = (
-            start,
-            TransitionInfo(zero, jnp.bool_(False), zero, i32, i32, i32, jnp.bool_(False)),
-        )
+        blank = (start, TransitionInfo.blank(start.potential_energy.dtype))
         search, _, new, info = jax.lax.while_loop(
             lambda c: ~c[1], body, (search, jnp.bool_(False), *blank)
         )

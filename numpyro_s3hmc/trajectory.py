@@ -56,6 +56,12 @@ class TransitionInfo(NamedTuple):
     # they are never retried, see kernel.s3hmc_step)
     accepted: Array  # shape=(), dtype=bool
 
+    @classmethod
+    def blank(cls, dtype):
+        """Zeros and falses: a loop's first carry, filled by its first pass."""
+        zero, i32, no = jnp.zeros((), dtype), jnp.int32(0), jnp.bool_(False)
+        return cls(zero, no, zero, i32, i32, i32, no)
+
 
 def _select(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
@@ -198,6 +204,7 @@ def static_or_tree(
     multinomial: bool | Array = False,
     max_tree_depth: int = 10,
     max_delta_energy: float = 1000.0,
+    take: bool | Array = False,
 ):
     """:func:`no_u_turn` where ``use_tree`` is true, :func:`static` where it is false.
 
@@ -205,7 +212,9 @@ def static_or_tree(
     scheme: one pass) around an inner one that takes a step a pass. ``use_tree`` and
     ``multinomial`` may be traced booleans; each scheme's bookkeeping is then under
     ``lax.cond``, and ``step_fn`` and ``energy_fn`` are compiled once for both,
-    instead of once in each scheme's own loop.
+    instead of once in each scheme's own loop. Where ``take`` is true, the static
+    end point is returned without its test unless its trajectory failed (the second
+    stage of :func:`retried`, which makes its own).
     """
     h0, v0 = energy_fn(state)
     dtype = h0.dtype
@@ -460,7 +469,7 @@ def static_or_tree(
         delta = h1 - h0
         ok = ~run.failed & jnp.isfinite(delta)
         accept_prob = jnp.where(ok, jnp.clip(jnp.exp(-delta), 0.0, 1.0), 0.0)
-        accept = ok & (random.uniform(rng_key, dtype=dtype) < accept_prob)
+        accept = ok & (take | (random.uniform(rng_key, dtype=dtype) < accept_prob))
         return _select(accept, run.state, state), TransitionInfo(
             accept_prob=accept_prob,
             diverging=~ok | (delta > max_delta_energy),
@@ -477,7 +486,9 @@ def static_or_tree(
     return cond_or(use_tree, tree_result, static_result)
 
 
-# a divergent static trajectory is tried again with the step size divided by this
+# a rejected static trajectory with an acceptance below RETRY_BELOW (a divergent one:
+# 0) is tried again with the step size divided by RETRY_FACTOR
+RETRY_BELOW = 0.01
 RETRY_FACTOR = 2
 
 
@@ -489,25 +500,29 @@ def retried(
     retry_steps: Array,
     use_tree: bool | Array = False,
     multinomial: bool | Array = False,
+    *,
+    rng_key: PRNGKey,
 ):
-    """A static transition that, where its trajectory diverges, is tried once more by
-    delayed rejection (Modi, Barnett & Carpenter 2024): from the same state and
-    momenta, with the step size divided by :data:`RETRY_FACTOR` and ``retry_steps``
-    steps (0: no retry).
+    """A static transition that, where its trajectory is rejected with an acceptance
+    below :data:`RETRY_BELOW` (a divergent one has 0), is tried once more by delayed
+    rejection (Modi, Barnett & Carpenter 2024): from the same state and momenta, with
+    the step size divided by :data:`RETRY_FACTOR` and ``retry_steps`` steps (0: no
+    retry).
 
-    ``attempt(start, step_size, num_steps, stage, use_tree, multinomial)`` is one
+    ``attempt(start, step_size, num_steps, stage, use_tree, multinomial, take)`` is one
     transition of :func:`static_or_tree` from ``start`` (its momenta drawn), with the
     random numbers of ``stage``. A chain in a region that is stiff for its step size
     otherwise rejects every trajectory there (a BNN's chain sat 270 draws on one
     state, docs/design.md §6); the smaller step gets it out, and its draws stay exact.
 
     Delayed rejection accepts the second proposal x₂ with probability
-    min(1, π(x₂)(1 − α₁(x₂)) β(x₂) / (π(x₀)(1 − α₁(x₀)) β(x₀))), where α₁ is the first
-    stage's acceptance and β(x) whether the second stage is tried from x. Here β is
-    whether the first stage diverged, and a divergence is rejected (α₁ = 0): so x₂ is
-    accepted with probability min(1, exp(H₀ − H₂)) where the first stage run from x₂
-    with its momenta reversed (the "ghost", ``-step_size`` from x₂) diverges too, and
-    never elsewhere. The ghost is run only where the second stage's own test passed.
+    min(1, π(x₂)(1 − α₁(x₂)) β(x₂) / (π(x₀)(1 − α₁(x₀)))), where α₁(x) is the first
+    stage's acceptance from x and β(x) whether the second stage is tried from x, here
+    α₁(x) < RETRY_BELOW. α₁(x₂) is that of the first stage run from x₂ with its momenta
+    reversed (the "ghost", ``-step_size`` from x₂). One uniform u decides; the ghost is
+    run only where u is below the ratio's bound π(x₂) / (π(x₀)(1 − α₁(x₀))).
+    A trigger on divergences alone is asymmetric where most rejections do not diverge
+    (a chain of the diabetes BNN sat in such a region, docs/design.md §6).
     Which trajectories diverge and the acceptance reported (the first stage's, which
     step-size adaptation reads) are unchanged; the gradients count all three.
     The tree and the opening window's multinomial draw are never retried.
@@ -518,56 +533,65 @@ def retried(
     inference. Statistics in Medicine 18, 2507-2515.
     """
     dtype = jnp.result_type(step_size)
+    u = random.uniform(rng_key, dtype=dtype)  # the second stage's test
 
     def flag(x, stage):  # a Python bool stays one: a static-only model compiles no tree
         return x if isinstance(x, bool) else x & (stage == 0)
 
     def body(c):
-        stage, start, size, steps, first, new_state, energy, total, _ = c
+        stage, start, size, steps, first, result, energy, total, moved = c
         new, info = attempt(
-            start, size, steps, stage, flag(use_tree, stage), flag(multinomial, stage)
+            start,
+            size,
+            steps,
+            stage,
+            flag(use_tree, stage),
+            flag(multinomial, stage),
+            stage == 1,
         )
-        tried = ~info.accepted & info.diverging & (retry_steps > 0)
+        low = info.accept_prob < RETRY_BELOW
+        retry = (stage == 0) & ~info.accepted & low & (retry_steps > 0)
         if not isinstance(use_tree, bool) or use_tree:
-            tried = tried & ~use_tree
+            retry = retry & ~use_tree
         if not isinstance(multinomial, bool) or multinomial:
-            tried = tried & ~multinomial
-        retry = (stage == 0) & tried
-        ghost = (stage == 1) & info.accepted
-        # the ghost diverged: x₂ (its start) is accepted, elsewhere the chain stays at x₀
-        kept = jnp.where(stage == 2, info.diverging, True)
-        new = _select(stage == 2, _select(kept, start, state), new)
-        energy = jnp.where(stage == 2, jnp.where(kept, energy, first.energy), info.energy)
+            retry = retry & ~multinomial
         first = _select(stage == 0, info, first)
+        # π(x₂) / (π(x₀)(1 − α₁(x₀))): x₂'s energy from stage 1, or carried to stage 2;
+        # 1 − α₁(x₀) > 1 − RETRY_BELOW wherever it is read
+        h2 = jnp.where(stage == 1, info.energy, energy)
+        bound = jnp.exp(jnp.minimum(first.energy - h2, 50.0)) / (1.0 - first.accept_prob)
+        ghost = (stage == 1) & info.accepted & (u < bound)
+        # stage 2 ran the ghost from x₂ (its start): x₂ is kept or the chain stays at x₀
+        kept = (stage == 2) & low & (u < bound * (1.0 - info.accept_prob))
+        result = _select(stage == 0, new, _select(kept, start, state))
+        energy = jnp.where(stage == 0, info.energy, jnp.where(ghost | kept, h2, first.energy))
         total = (
             total[0] + info.num_steps,
             total[1] + info.num_grad_evals,
             jnp.maximum(total[2], info.fixed_point_iters),
         )
-        moved = jnp.where(stage == 2, kept, info.accepted)
+        moved = jnp.where(stage == 0, info.accepted, kept)
         return (
             jnp.where(retry, 1, jnp.where(ghost, 2, 3)).astype(jnp.int32),
             _select(ghost, new, state),
             jnp.where(retry, size / RETRY_FACTOR, -step_size).astype(dtype),
             jnp.where(retry, retry_steps, num_steps).astype(jnp.int32),
             first,
-            new,
+            result,
             energy,
             total,
             moved,
         )
 
     i32 = jnp.int32(0)
-    zero = jnp.zeros((), dtype)
-    blank = TransitionInfo(zero, jnp.bool_(False), zero, i32, i32, i32, jnp.bool_(False))
     init = (
         i32,
         state,
         jnp.asarray(step_size, dtype),
         jnp.asarray(num_steps, jnp.int32),
-        blank,
+        TransitionInfo.blank(dtype),
         state,
-        zero,
+        jnp.zeros((), dtype),
         (i32, i32, i32),
         jnp.bool_(False),
     )

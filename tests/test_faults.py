@@ -203,7 +203,7 @@ def replay_implicit_steps(kernel, last, first, z, fields, rows):
     its last state and ``first`` its post-warmup state, where draw 0 starts (needed
     only if ``0 in rows``). Each transition is rerun from the state before it with
     the kernel's own metric, step size, momentum key and number of steps (its first
-    stage's: a divergent trajectory is retried, and the recorded count includes the
+    stage's: a rejected trajectory may be retried, and the recorded count includes the
     retry's), up to the first step that fails. Returns, per transition, whether every
     step before the last succeeded, whether the last one did, and the last step's
     τ-block log-step

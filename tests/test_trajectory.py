@@ -228,7 +228,8 @@ def stiff_outside(s, eps):
 
 
 def retried_chain(retry, num_draws, seed, step=stiff_outside, step_size=0.2):
-    """Static transitions of 10-30 steps, a divergent one retried at half the step size
+    """Static transitions of 10-30 steps, a rejected one with an acceptance below
+    ``trajectory.RETRY_BELOW`` (a divergent one) retried at half the step size
     with four times the steps where ``retry``: twice as long, so that the ghost (the
     first stage from the retry's end) often misses the region the first stage failed
     in, which a retry without it would not see."""
@@ -239,12 +240,15 @@ def retried_chain(retry, num_draws, seed, step=stiff_outside, step_size=0.2):
         s = State(x, p, jax.grad(potential)(x))
         n = jax.random.randint(key_n, (), 10, 31)
 
-        def attempt(start, size, steps, stage, use_tree, multinomial):
+        def attempt(start, size, steps, stage, use_tree, multinomial, take):
             k = jnp.where(stage == 0, key_t, jax.random.fold_in(key_t, stage))
-            return trajectory.static_or_tree(k, start, step, 1, energy, size, steps, None, False)
+            return trajectory.static_or_tree(
+                k, start, step, 1, energy, size, steps, None, False, take=take
+            )
 
         retry_steps = jnp.where(retry, 4 * n, 0)
-        new, info = trajectory.retried(attempt, s, step_size, n, retry_steps)
+        key_u = jax.random.fold_in(key_t, 3)
+        new, info = trajectory.retried(attempt, s, step_size, n, retry_steps, rng_key=key_u)
         return new.x, (new.x, info)
 
     keys = jax.random.split(jax.random.PRNGKey(seed), num_draws)
@@ -274,7 +278,7 @@ def test_delayed_rejection_of_a_divergent_trajectory_is_exact():
 
 def test_delayed_rejection_moves_a_chain_past_the_stability_limit():
     # at ε = 0.6 nearly every leapfrog trajectory of 10-30 steps blows up (the limit is
-    # about 0.45): the retry at 0.3 is what moves the chain, and its draws are exact
+    # about 0.57): the retry at 0.3 is what moves the chain, and its draws are exact
     x, info = retried_chain(True, 10_000, 1, step=leapfrog, step_size=0.6)
     assert float(np.mean(np.asarray(info.diverging))) > 0.9
     assert float(np.mean(np.asarray(info.accept_prob))) < 0.05  # the first stage's
@@ -283,24 +287,60 @@ def test_delayed_rejection_moves_a_chain_past_the_stability_limit():
     assert_mean(x[0] * x[1], 0.9, "E[x0 x1]", min_ess=1000)
 
 
-@pytest.mark.parametrize("ghost_diverges", [True, False])
-@pytest.mark.parametrize("retry_passes", [True, False])
-def test_delayed_rejection_accepts_the_retry_only_where_its_ghost_diverges(
-    ghost_diverges, retry_passes
-):
-    # scripted stages: the first diverges; the retry (ε/2 from x0) ends at x0 + ε/2 and
-    # passes its own test or not; the ghost (−ε from the retry's end) diverges or not
-    x0, eps, n, n_retry = jnp.array([1.0]), 0.25, 7, 12
+def biased_outside(s, eps):
+    """A coarse step (|ε| > 0.15) is the leapfrog of U plus 20 (|x0| − 1.2)² beyond
+    |x0| = 1.2, still reversible and volume-preserving: a trajectory that starts out
+    there and ends inside is rejected with a small acceptance and no divergence, one
+    that starts inside seldom is. A trigger that fires on one side only: the retry's
+    ghost is what keeps the chain exact."""
+    coarse = jnp.abs(eps) > 0.15
+    bump = lambda x: 20.0 * jnp.maximum(jnp.abs(x[0]) - 1.2, 0.0) ** 2  # noqa: E731
+    force = lambda x: jax.grad(potential)(x) + jnp.where(coarse, jax.grad(bump)(x), 0.0)  # noqa: E731
+    p = s.p - 0.5 * eps * force(s.x)
+    x = s.x + eps * p / MASS
+    p = p - 0.5 * eps * force(x)
+    return State(x, p, jax.grad(potential)(x)), StepInfo(jnp.all(jnp.isfinite(x)), jnp.int32(0))
 
-    def attempt(start, size, steps, stage, use_tree, multinomial):
+
+def test_delayed_rejection_of_a_small_acceptance_is_exact():
+    x, info = retried_chain(True, 60_000, 0, step=biased_outside)
+    steps, diverging = np.asarray(info.num_steps), np.asarray(info.diverging)
+    retried = steps > 30
+    assert retried.mean() > 0.05 and not diverging.any()
+    assert np.asarray(info.accept_prob)[retried].max() < trajectory.RETRY_BELOW
+    x = np.asarray(x).T[:, None, :]
+    # without the ghost (x₂ taken on π(x₂) / (π(x₀)(1 − α₁(x₀))) alone), or with x₂
+    # taken where the ghost would not retry (β(x₂) = 0), P(|x0| > 1.2) is 0.15-0.16
+    # (z > 15, measured)
+    outside = float(2 * jax.scipy.stats.norm.sf(1.2))
+    assert_mean(np.abs(x[0]) > 1.2, outside, "P(|x0| > 1.2)", min_ess=400)
+    assert_mean(x[0] ** 2, 1.0, "E[x0^2]", min_ess=400)
+    assert_mean(x[0] * x[1], 0.9, "E[x0 x1]", min_ess=400)
+
+
+@pytest.mark.parametrize("first", ["diverges", "small", "large"])
+@pytest.mark.parametrize("ghost", ["diverges", "small", "large"])
+@pytest.mark.parametrize("retry_passes", [True, False])
+def test_delayed_rejection_accepts_the_retry_only_where_its_ghost_would_retry(
+    first, ghost, retry_passes
+):
+    # scripted stages: the first is rejected with an acceptance of 0 (diverging), 0.005
+    # or 0.5 (not retried); the retry (ε/2 from x0) ends at x0 + ε/2 or fails; the
+    # ghost (−ε from the retry's end) has the acceptance 0, 0.005 or 0.5. H(x0) = 3,
+    # H(x2) = 2: the bound e / (1 − α₁(x0)) > 1 runs the ghost wherever the retry ends
+    x0, eps, n, n_retry = jnp.array([1.0]), 0.25, 7, 12
+    alpha = {"diverges": 0.0, "small": 0.005, "large": 0.5}
+
+    def attempt(start, size, steps, stage, use_tree, multinomial, take):
         moved = State(start.x + size, start.p, start.grad)
-        ghost_ok = (stage == 2) & (start.x[0] == x0[0] + eps / 2) & (size == -eps)
-        diverging = jnp.where(stage == 2, ghost_ok & ghost_diverges, stage == 0)
-        accepted = (stage == 1) & retry_passes
+        at_x2 = (start.x[0] == x0[0] + eps / 2) & (size == -eps)
+        accept_prob = jnp.where(stage == 0, alpha[first], 0.9)
+        accept_prob = jnp.where((stage == 2) & at_x2, alpha[ghost], accept_prob)
+        accepted = (stage == 1) & retry_passes & take
         info = trajectory.TransitionInfo(
-            accept_prob=jnp.where(stage == 0, 0.0, 0.5),
-            diverging=diverging,
-            energy=jnp.where(accepted, 2.0, 3.0),  # H(x2) = 2, H(x0) = 3
+            accept_prob=accept_prob,
+            diverging=accept_prob == 0.0,
+            energy=jnp.where(accepted, 2.0, 3.0),
             num_steps=steps,
             num_grad_evals=2 * steps,
             fixed_point_iters=jnp.int32(0),
@@ -309,18 +349,43 @@ def test_delayed_rejection_accepts_the_retry_only_where_its_ghost_diverges(
         return _select_state(accepted, moved, start), info
 
     s = State(x0, jnp.zeros(1), jnp.zeros(1))
-    new, info = jax.jit(lambda: trajectory.retried(attempt, s, eps, n, n_retry))()
-    taken = retry_passes and ghost_diverges
+    key = jax.random.PRNGKey(0)
+    new, info = jax.jit(lambda: trajectory.retried(attempt, s, eps, n, n_retry, rng_key=key))()
+    tried = first != "large"
+    taken = tried and retry_passes and ghost != "large"
     assert float(new.x[0]) == (1.125 if taken else 1.0)
     assert float(info.energy) == (2.0 if taken else 3.0)
     assert bool(info.accepted) == taken
     # the first stage's divergence and acceptance are reported; every stage's steps count
-    assert bool(info.diverging) and float(info.accept_prob) == 0.0
-    assert int(info.num_steps) == n + n_retry + (n if retry_passes else 0)
+    assert bool(info.diverging) == (first == "diverges")
+    assert float(info.accept_prob) == float(np.float32(alpha[first]))
+    assert int(info.num_steps) == n + tried * (n_retry + (n if retry_passes else 0))
     assert int(info.num_grad_evals) == 2 * int(info.num_steps)
-    # no retry where it is turned off (0 steps) or the first stage did not diverge
-    new, info = jax.jit(lambda: trajectory.retried(attempt, s, eps, n, 0))()
+    # no retry where it is turned off (0 steps)
+    new, info = jax.jit(lambda: trajectory.retried(attempt, s, eps, n, 0, rng_key=key))()
     assert float(new.x[0]) == 1.0 and int(info.num_steps) == n
+
+
+def test_delayed_rejection_skips_the_ghost_below_the_bound():
+    # H(x2) − H(x0) = 30: u > π(x2) / (π(x0)(1 − α₁(x0))) for any u the ghost can't
+    # change, so x2 is rejected without it (no ghost's steps)
+    def attempt(start, size, steps, stage, use_tree, multinomial, take):
+        info = trajectory.TransitionInfo(
+            accept_prob=jnp.float32(0.0),
+            diverging=stage == 0,
+            energy=jnp.where(stage == 1, 33.0, 3.0),
+            num_steps=steps,
+            num_grad_evals=steps,
+            fixed_point_iters=jnp.int32(0),
+            accepted=stage == 1,
+        )
+        return State(start.x + size, start.p, start.grad), info
+
+    s = State(jnp.array([1.0]), jnp.zeros(1), jnp.zeros(1))
+    key = jax.random.PRNGKey(0)
+    new, info = jax.jit(lambda: trajectory.retried(attempt, s, 0.25, 7, 12, rng_key=key))()
+    assert float(new.x[0]) == 1.0 and float(info.energy) == 3.0
+    assert int(info.num_steps) == 7 + 12 and not bool(info.accepted)
 
 
 def _select_state(pred, a, b):
