@@ -122,7 +122,8 @@ def s3hmc_step(
     (non-finite energy, a fixed point that does not converge, τ ≤ 0) or an energy
     error above ``max_delta_energy`` is a divergence. With ``retry_steps`` (possibly
     traced; 0 turns it off), a static trajectory rejected with an acceptance below
-    ``trajectory.RETRY_BELOW`` (a divergent one) is tried again with half the step size and ``retry_steps`` steps, by delayed rejection
+    ``trajectory.RETRY_BELOW`` (a divergent one) is tried again with half the step
+    size and ``retry_steps`` steps, by delayed rejection
     (:func:`~numpyro_s3hmc.trajectory.retried`).
     """
     key_momentum, key_trajectory = random.split(rng_key)
@@ -307,9 +308,10 @@ class S3HMC(MCMCKernel):
         Metropolis-Hastings test of its end point; where the hyperparameters are
         the slow variables its end points are near-antithetic in them. A trajectory
         rejected with an acceptance below 0.01 (one that diverges) is tried once more
-        at half the step size, accepted by delayed rejection (:func:`~numpyro_s3hmc.trajectory.retried`): a chain in a region
-        too stiff for its step size moves on instead of rejecting every trajectory
-        there; ``diverging`` still reports the first trajectory's divergence.
+        at half the step size, accepted by delayed rejection
+        (:func:`~numpyro_s3hmc.trajectory.retried`): a chain in a region too stiff
+        for its step size moves on instead of rejecting every trajectory there;
+        ``diverging`` still reports the first trajectory's divergence.
         ``"nuts"``: a multinomial no-U-turn tree over the same integrator with the
         Riemannian criterion (:mod:`numpyro_s3hmc.trajectory`), of at most
         2^max_tree_depth steps; ``trajectory_length`` and ``num_steps`` are then
