@@ -16,10 +16,13 @@ after many compilations in one process), one after the other, and reports:
   S3HMC's partition;
 - ``gradient``: seconds per gradient of the potential U, timed as in
   ``benchmarks/overhead.py``: many gradients in one jitted ``lax.fori_loop``
-  (as many as fill about ``--loop-seconds``), the fastest of ``--repeats`` calls
-  after a warm-up call;
+  (as many as fill about ``--loop-seconds``), the fastest of ``--repeats``
+  rounds after a warm-up call;
 - for each integrator, one step's time in the same kind of loop divided by the
-  time of the gradients of U it evaluates (1 would be free);
+  time of the gradients of U it evaluates (1 would be free): the gradient's loop
+  and every integrator's are called in turn, round after round, and the ratio is
+  the median over the rounds of each round's own (the machine's speed drifts
+  between calls more than within a round);
 - ``compile``: seconds JAX reports tracing, lowering and compiling
   (``jax.monitoring``, as :func:`numpyro_s3hmc.compare_samplers` counts them)
   during a fresh ``MCMC`` warmup and run of S3HMC with its defaults, except
@@ -59,6 +62,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -138,22 +142,37 @@ def _peak_rss_mb() -> float:
 
 
 def _loop_timer(fn, z, target_s: float, repeats: int) -> tuple[float, int]:
-    """Seconds per iteration of ``fn(z, n)`` (n iterations in one jitted loop): n
-    chosen so that a call takes about ``target_s`` (at least 3), after a compiling
-    call and a calibrating one; the fastest of ``repeats`` calls."""
+    """Seconds per iteration of ``fn(z, n)`` (n iterations in one jitted loop): the
+    fastest of ``repeats`` calls of :func:`_loop_timers`."""
+    (times, n) = _loop_timers({"fn": fn}, z, target_s, repeats)["fn"]
+    return min(times), n
+
+
+def _loop_timers(fns: dict, z, target_s: float, repeats: int) -> dict:
+    """{name: (seconds per iteration in each round, n)} for each ``fn(z, n)`` (n
+    iterations in one jitted loop), n chosen per function so that a call takes about
+    ``target_s`` (at least 3), after a compiling call and a calibrating one.
+
+    The functions are called in turn, ``repeats`` rounds of one call each, so that
+    the ratio of two of them can be taken within a round: this machine's speed
+    drifts between calls (a step measured alone and after two other integrators in
+    one process gave 1.22 and 1.64 gradients), far more than within a round."""
     import jax
 
-    jax.block_until_ready(fn(z, 1))  # compile
-    t = time.perf_counter()
-    jax.block_until_ready(fn(z, 3))
-    per = max((time.perf_counter() - t) / 3, 1e-7)
-    n = int(max(3, min(100_000, target_s / per)))
-    times = []
-    for _ in range(repeats):
+    counts = {}
+    for name, fn in fns.items():
+        jax.block_until_ready(fn(z, 1))  # compile
         t = time.perf_counter()
-        jax.block_until_ready(fn(z, n))
-        times.append(time.perf_counter() - t)
-    return min(times) / n, n
+        jax.block_until_ready(fn(z, 3))
+        per = max((time.perf_counter() - t) / 3, 1e-7)
+        counts[name] = int(max(3, min(100_000, target_s / per)))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(z, counts[name]))
+            times[name].append((time.perf_counter() - t) / counts[name])
+    return {name: (times[name], counts[name]) for name in fns}
 
 
 def _timed_mcmc(
@@ -280,18 +299,12 @@ def measure(name: str, cfg: dict) -> dict:
         body = lambda i, z: jax.tree.map(lambda a, g: a - 1e-6 * g, z, grad(z))  # noqa: E731
         return jax.lax.fori_loop(0, iters, body, z)
 
-    t_grad, iters = _loop_timer(
-        lambda z, n: many_grads(z, n, args), state.z, cfg["loop_seconds"], cfg["repeats"]
-    )
-    row["gradient (s)"] = t_grad
-    row["gradient loop iterations"] = iters
-
     metric_state = state.metric_state
     d = metric_state.data_precision
-    for integrator in cfg["integrators"]:
 
+    def stepper(integrator):
         @jax.jit
-        def many_steps(z, iters, args, integrator=integrator):
+        def many_steps(z, iters, args):
             potential_and_grad, metric, _ = kernel._hamiltonian_parts(
                 args, {}, metric_state, d.dtype
             )
@@ -306,14 +319,29 @@ def measure(name: str, cfg: dict) -> dict:
             s = jax.lax.fori_loop(0, iters, body, s)
             return jnp.isfinite(s.potential_energy), s.theta
 
-        t_step, _ = _loop_timer(
-            lambda z, n, f=many_steps: f(z, n, args), state.z, cfg["loop_seconds"], cfg["repeats"]
-        )
-        finite = bool(many_steps(state.z, 3, args)[0])
-        parts = kernel._hamiltonian_parts(args, {}, metric_state, d.dtype)
+        return many_steps
+
+    steppers = {i: stepper(i) for i in cfg["integrators"]}
+    loops = {"gradient": many_grads, **steppers}
+    timed = _loop_timers(
+        {k: (lambda z, n, f=f: f(z, n, args)) for k, f in loops.items()},
+        state.z,
+        cfg["loop_seconds"],
+        cfg["repeats"],
+    )
+    t_grads, iters = timed["gradient"]
+    row["gradient (s)"] = min(t_grads)
+    row["gradient loop iterations"] = iters
+    parts = kernel._hamiltonian_parts(args, {}, metric_state, d.dtype)
+    for integrator, many_steps in steppers.items():
         _, grads_per_step = build_integrator(integrator, *parts[:2])
-        row[f"{integrator} step / gradients"] = t_step / (grads_per_step * t_grad)
-        row[f"{integrator} finite"] = finite
+        # each round's step over the same round's gradient, the median over the rounds
+        ratios = [
+            t / (grads_per_step * g) for t, g in zip(timed[integrator][0], t_grads, strict=True)
+        ]
+        row[f"{integrator} step / gradients"] = statistics.median(ratios)
+        row[f"{integrator} step / gradients, per round"] = ratios
+        row[f"{integrator} finite"] = bool(many_steps(state.z, 3, args)[0])
 
     row["loops (s)"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -336,7 +364,7 @@ def measure(name: str, cfg: dict) -> dict:
     row["S3HMC runs (s)"] = time.perf_counter() - clock
     clock = time.perf_counter()
     draws = cfg["draws"][0]
-    estimate = (cfg["num_warmup"] + draws) * NUTS_GRADS_PER_DRAW * t_grad
+    estimate = (cfg["num_warmup"] + draws) * NUTS_GRADS_PER_DRAW * row["gradient (s)"]
     row["NUTS estimate (s)"] = estimate
     if estimate <= cfg["nuts_budget"]:
         r = _timed_mcmc(NUTS(model), args, cfg["num_warmup"], draws, "num_steps", split=True)
@@ -592,7 +620,9 @@ def section(rows: list[dict], cfg: dict, command: str) -> str:
             f"Costs: synthetic inputs ({scale[0]['N']} standard-normal "
             "images, uniform labels over 10 classes). Each network in its own "
             "process. `one gradient` and `step / gradients`: jitted `lax.fori_loop`s as in "
-            f"`benchmarks/overhead.py`, fastest of {cfg['repeats']} calls. `compile`: what JAX "
+            f"`benchmarks/overhead.py`, called in turn for {cfg['repeats']} rounds; `one "
+            "gradient` is the fastest round, `step / gradients` the median over the rounds of "
+            "the step's time over the same round's gradients. `compile`: what JAX "
             "reports tracing, lowering and compiling during one `MCMC.run` of S3HMC's defaults "
             f"with trajectories capped at {cfg['max_steps']} steps, {w} warmup + {d1} or {d2} "
             "draws, a fresh `MCMC` and kernel each, after the loops above compiled in the same "
@@ -660,7 +690,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="the two smallest, tiny repeats")
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--num-data", type=int, default=256, help="images in the batch")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--loop-seconds", type=float, default=0.3)
     parser.add_argument("--integrators", nargs="+", default=None)
     parser.add_argument("--max-steps", type=int, default=8, help="cap on a trajectory's steps")
