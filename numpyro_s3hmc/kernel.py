@@ -785,7 +785,10 @@ class S3HMC(MCMCKernel):
         partition = self._partition
         potential_fn = self._potential_fn_gen(*model_args, **model_kwargs)
         model = self._sampled_model
-        prior_precision = prior_precision_fn(model, partition, model_args, model_kwargs)
+        # W(η) and D(η) trace the whole model (its likelihood too, which XLA drops), and
+        # a transition evaluates them at half a dozen places (each step, the energy, the
+        # adaptation): under jit each is traced and lowered once, not at every place
+        prior_precision = jax.jit(prior_precision_fn(model, partition, model_args, model_kwargs))
         c = jnp.asarray(partition.hyper_precision, dtype)
 
         def potential_and_grad(theta, eta):
@@ -795,8 +798,10 @@ class S3HMC(MCMCKernel):
 
         coupling = self._coupling(dtype)
         observed = data_precision_fn(model, partition, model_args, model_kwargs)
-        if not self._coupled_metric:
+        if not self._coupled_metric or observed is None:
             observed = None
+        else:
+            observed = jax.jit(observed)
         scale, d = metric_state.prior_scale, metric_state.data_precision
         data = d if observed is None else (lambda eta: observed(eta) + d)
         metric = SemiSeparableMetric(lambda eta: prior_precision(eta) * scale, c, data, coupling)
