@@ -5,9 +5,12 @@ Flax linen MLPs and CNNs wrapped by :func:`numpyro_s3hmc.bnn.hierarchical_bnn`
 layer, a categorical likelihood over 10 classes), from a 1,210-parameter MLP on
 8×8 inputs to the S3HMC paper's LeNet on 28×28 inputs (conv 5×5 20 channels,
 max-pool 2, conv 5×5 50 channels, max-pool 2, dense 500, dense 10, VALID
-padding: 431,080 parameters). The inputs are synthetic (standard normal pixels,
-uniformly random labels, ``--num-data`` images, one full batch): the numbers
-are costs, not accuracies.
+padding: 431,080 parameters). The two CNNs come twice: with ``nn.Conv`` as a
+user writes them, and (``-patches``) with :class:`numpyro_s3hmc.bnn.PatchConv`,
+the same convolutions and parameters as slices and a matrix product, which XLA's
+CPU backend runs several times faster inside the sampler's loops. The inputs are
+synthetic (standard normal pixels, uniformly random labels, ``--num-data``
+images, one full batch): the numbers are costs, not accuracies.
 
 Each network runs in its own Python process (XLA's CPU backend has crashed
 after many compilations in one process), one after the other, and reports:
@@ -86,6 +89,9 @@ SIZES = {
     "mlp-100k": ("mlp", (128,), (784,)),
     "mlp-400k": ("mlp", (500,), (784,)),
     "lenet-431k": ("lenet", None, (28, 28, 1)),
+    # the same CNNs with numpyro_s3hmc.bnn.PatchConv for nn.Conv (the same parameters)
+    "cnn-38k-patches": ("cnn8-patches", None, (8, 8, 1)),
+    "lenet-431k-patches": ("lenet-patches", None, (28, 28, 1)),
 }
 QUICK = ("mlp-1k", "mlp-10k")
 NUTS_GRADS_PER_DRAW = 1023  # NumPyro NUTS's max_tree_depth=10 at worst
@@ -94,6 +100,8 @@ NUTS_GRADS_PER_DRAW = 1023  # NumPyro NUTS's max_tree_depth=10 at worst
 def build_module(arch: str, hidden):
     """The flax linen module of an architecture in :data:`SIZES`."""
     from flax import linen as nn
+
+    from numpyro_s3hmc.bnn import PatchConv
 
     class MLP(nn.Module):
         hidden: tuple
@@ -107,10 +115,12 @@ def build_module(arch: str, hidden):
     class CNN8(nn.Module):
         """For 8×8 images: conv 3×3 16, conv 3×3 32, avg-pool 2, dense 64, dense 10."""
 
+        conv: type = nn.Conv
+
         @nn.compact
         def __call__(self, x):
-            x = nn.relu(nn.Conv(16, (3, 3))(x))
-            x = nn.relu(nn.Conv(32, (3, 3))(x))
+            x = nn.relu(self.conv(16, (3, 3))(x))
+            x = nn.relu(self.conv(32, (3, 3))(x))
             x = nn.avg_pool(x, (2, 2), (2, 2))
             x = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
             return nn.Dense(10)(x)
@@ -118,14 +128,22 @@ def build_module(arch: str, hidden):
     class LeNet(nn.Module):
         """The S3HMC paper's LeNet for 28×28 images (431,080 parameters)."""
 
+        conv: type = nn.Conv
+
         @nn.compact
         def __call__(self, x):
-            x = nn.max_pool(nn.relu(nn.Conv(20, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
-            x = nn.max_pool(nn.relu(nn.Conv(50, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
+            x = nn.max_pool(nn.relu(self.conv(20, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
+            x = nn.max_pool(nn.relu(self.conv(50, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
             x = nn.relu(nn.Dense(500)(x.reshape(x.shape[0], -1)))
             return nn.Dense(10)(x)
 
-    return {"mlp": lambda: MLP(tuple(hidden)), "cnn8": CNN8, "lenet": LeNet}[arch]()
+    return {
+        "mlp": lambda: MLP(tuple(hidden)),
+        "cnn8": CNN8,
+        "lenet": LeNet,
+        "cnn8-patches": lambda: CNN8(PatchConv),
+        "lenet-patches": lambda: LeNet(PatchConv),
+    }[arch]()
 
 
 def _rss_mb() -> float:

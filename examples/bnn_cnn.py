@@ -9,11 +9,11 @@ held-out test set. Pixels are scaled to [0, 1].
 The network (flax linen, ``--channels 8 --hidden 32``: 4,538 parameters): a 3×3
 convolution with stride 2 and 8 channels (8×8 → 4×4×8), tanh, a dense tanh
 layer of 32 units and a dense layer of 10 logits. The convolution is
-:class:`Conv3x3`, which builds the 3×3 patches by padding and slicing and
-multiplies them by the kernel: XLA's CPU convolutions are slow inside the
-sampler's loops. Measured on the 2-core CPU, one gradient of the full-batch
+:class:`numpyro_s3hmc.bnn.PatchConv`, which builds the 3×3 patches by padding
+and slicing and multiplies them by the kernel: XLA's CPU convolutions are slow
+inside the sampler's loops. Measured on the 2-core CPU, one gradient of the full-batch
 potential (1,258 images) in a jitted ``lax.fori_loop``: ``nn.Conv(8, (3, 3))``
-with 2×2 average pooling 40 ms, the same network with :class:`Conv3x3` 3.7 ms,
+with 2×2 average pooling 40 ms, the same network with ``PatchConv`` 3.7 ms,
 this stride-2 network 1.2 ms.
 
 Three classifiers with the same architecture:
@@ -71,6 +71,7 @@ from numpyro.infer import MCMC  # noqa: E402
 from numpyro_s3hmc import S3HMC  # noqa: E402
 from numpyro_s3hmc._arviz import arviz  # noqa: E402
 from numpyro_s3hmc.bnn import (  # noqa: E402
+    PatchConv,
     classification_summary,
     hierarchical_bnn,
     map_init,
@@ -81,35 +82,6 @@ from numpyro_s3hmc.bnn import (  # noqa: E402
 NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
 OOD_SETS = ("noise", "shuffled", "rotated")
-
-
-class Conv3x3(nn.Module):
-    """A 3×3 convolution with zero padding 1, NHWC, as a matrix product.
-
-    The nine shifted (and, with ``strides=2``, subsampled) copies of the padded
-    input are concatenated along the channels (im2col) and multiplied by
-    ``kernel`` of shape ``(9 * C_in, features)``; with
-    ``kernel.reshape(3, 3, C_in, features)`` this is
-    ``nn.Conv(features, (3, 3), strides, padding=1)``. Its parameters are
-    ``kernel`` and ``bias``, so :func:`~numpyro_s3hmc.bnn.hierarchical_bnn`
-    gives each a precision.
-    """
-
-    features: int
-    strides: int = 1
-
-    @nn.compact
-    def __call__(self, x):
-        _, h, w, c = x.shape
-        st = self.strides
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        patches = jnp.concatenate(
-            [padded[:, i : i + h : st, j : j + w : st, :] for i in range(3) for j in range(3)],
-            axis=-1,
-        )
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (9 * c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return patches @ kernel + bias
 
 
 class CNN(nn.Module):
@@ -123,7 +95,7 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         x = x.reshape(x.shape[0], *IMAGE_SHAPE)
-        x = nn.tanh(Conv3x3(self.channels, strides=2)(x))
+        x = nn.tanh(PatchConv(self.channels, (3, 3), strides=2, padding=1)(x))
         x = x.reshape(x.shape[0], -1)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=deterministic)(x)

@@ -10,6 +10,9 @@ the parameter sites ``<name>/<path>.<leaf>``, e.g. ``net/Dense_0.kernel`` or
 :func:`map_init` finds a MAP start (the TFP guide's pre-training step) to pass
 as ``MCMC.run(init_params=...)``; :func:`regression_summary` and
 :func:`classification_summary` split the predictive uncertainty.
+:class:`PatchConv` is ``flax.linen.Conv`` written as slices and one matrix
+product, for CNNs sampled on a CPU, where XLA's convolutions are slow inside the
+sampler's loops.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 
 import numpyro
 import numpyro.distributions as dist
@@ -116,6 +120,72 @@ def check_prior_keys(
         if missing:
             msg.append(f"parameters {missing} have no prior")
         raise ValueError("; ".join(msg) + f". Valid keys: {list(valid)}.")
+
+
+class PatchConv(nn.Module):
+    """A 2-D convolution (NHWC), as ``flax.linen.Conv``, computed as slices and one matrix product.
+
+    XLA's CPU backend runs the convolutions of a gradient several times slower
+    inside a loop than outside one (jax-ml/jax#12868: in a loop the backward
+    convolutions keep layouts its fast convolution does not take), and a sampler
+    evaluates every gradient inside its loops. Measured on 2 CPU cores, one
+    gradient of a classification potential on 256 images in a jitted
+    ``lax.fori_loop``: the 8×8 CNN of ``benchmarks/bnn_scale.py`` 254 ms with
+    ``nn.Conv`` (7 ms outside the loop); the paper's LeNet 734 ms with
+    ``nn.Conv`` and 83 ms with this module. On a GPU ``nn.Conv`` is the better
+    choice.
+
+    The ``kernel_size[0] * kernel_size[1]`` shifted (and strided) copies of the
+    padded input are concatenated along the channels (im2col) and multiplied by
+    the kernel. The parameters are those of ``nn.Conv(features, kernel_size,
+    strides, padding)``, ``kernel`` of shape ``(*kernel_size, C_in, features)``
+    and ``bias``, initialised the same way, so :func:`hierarchical_bnn` gives each
+    a precision and ``nn.Conv``'s parameters can be used as they are. Dilation,
+    feature groups and circular padding are not supported.
+
+    Attributes
+    ----------
+    features : output channels.
+    kernel_size : ``(height, width)`` of the window.
+    strides : an int or ``(height, width)``.
+    padding : ``"SAME"``, ``"VALID"``, an int (the same on every side) or
+        ``((top, bottom), (left, right))``, as for ``nn.Conv``.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: int | tuple[int, int] = 1
+    padding: str | int | tuple[tuple[int, int], tuple[int, int]] = "SAME"
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_size
+        sh, sw = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
+        if isinstance(self.padding, str):
+            if self.padding not in ("SAME", "VALID"):
+                raise ValueError(
+                    f"PatchConv: padding must be 'SAME', 'VALID', an int or pairs, got {self.padding!r}."
+                )
+            pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (sh, sw), self.padding)
+        elif isinstance(self.padding, int):
+            pads = ((self.padding, self.padding),) * 2
+        else:
+            pads = tuple(tuple(p) for p in self.padding)
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+        patches = jnp.concatenate(
+            [
+                x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+                for i in range(kh)
+                for j in range(kw)
+            ],
+            axis=-1,
+        )
+        shape = (kh, kw, x.shape[-1], self.features)
+        # initialised as nn.Conv's (its param_dtype is float32 under x64 too)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return patches @ kernel.reshape(-1, self.features) + bias
 
 
 PRECISIONS = ("tensor", "layer")

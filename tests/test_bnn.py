@@ -15,6 +15,7 @@ from numpyro.infer.util import initialize_model, potential_energy
 
 from numpyro_s3hmc import S3HMC, partition_sites
 from numpyro_s3hmc.bnn import (
+    PatchConv,
     check_prior_keys,
     classification_summary,
     hierarchical_bnn,
@@ -194,3 +195,35 @@ def test_user_prior_dict_with_random_flax_module():
 
     p = partition_sites(model, (X, Y))
     np.testing.assert_array_equal(p.hyper_sites["tau"].q, 4 + 4 + 4 + 1)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, strides, padding",
+    [
+        ((3, 3), 1, "SAME"),
+        ((3, 3), 2, 1),  # examples/bnn_cnn.py's
+        ((5, 5), 1, "VALID"),  # the paper's LeNet's
+        ((2, 3), (2, 1), "SAME"),  # even window: SAME pads more after than before
+        ((3, 2), 2, ((0, 2), (1, 0))),
+    ],
+)
+def test_patch_conv_is_flax_conv(kernel_size, strides, padding):
+    """The same parameters (shapes and initial values) and outputs as ``nn.Conv``."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 8, 2))
+    conv = PatchConv(4, kernel_size, strides=strides, padding=padding)
+    ref = nn.Conv(4, kernel_size, strides=strides, padding=padding)
+    params = conv.init(jax.random.PRNGKey(1), x)["params"]
+    ref_params = ref.init(jax.random.PRNGKey(1), x)["params"]
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref_params)
+    np.testing.assert_array_equal(params["kernel"], ref_params["kernel"])
+    params = {**params, "bias": jnp.arange(4.0, dtype=jnp.float32)}  # not zero
+    out = conv.apply({"params": params}, x)
+    expected = ref.apply({"params": params}, x)
+    assert out.shape == expected.shape
+    tol = 1e-12 if x.dtype == jnp.float64 else 1e-5  # summed in another order
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+
+
+def test_patch_conv_rejects_other_padding():
+    with pytest.raises(ValueError, match="PatchConv: padding must be"):
+        PatchConv(4, (3, 3), padding="CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 5, 5, 1)))

@@ -7,10 +7,6 @@ import pathlib
 import numpy as np
 import pytest
 
-import jax
-import jax.numpy as jnp
-from flax import linen as nn
-
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "bnn_cnn.py"
 
 
@@ -73,19 +69,6 @@ def test_bnn_cnn_runs(ex, tmp_path):
     assert len(sampler["coordinates"]) == 6
     assert set(sampler["coordinates"].values()) <= {"centred", "noncentred"}
     assert len(sampler["no_u_turn_tree_by_chain"]) == 1
-
-
-@pytest.mark.parametrize("strides", [1, 2])
-def test_conv3x3_is_a_convolution(ex, strides):
-    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 8, 8, 2))
-    conv = ex.Conv3x3(5, strides=strides)
-    params = conv.init(jax.random.PRNGKey(1), x)["params"]
-    params = {**params, "bias": jnp.arange(5.0)}
-    ref = nn.Conv(5, (3, 3), strides=strides, padding=1)
-    ref_params = {"kernel": params["kernel"].reshape(3, 3, 2, 5), "bias": params["bias"]}
-    out = conv.apply({"params": params}, x)
-    assert out.shape == (3, 8 // strides, 8 // strides, 5)
-    np.testing.assert_allclose(out, ref.apply({"params": ref_params}, x), rtol=1e-5, atol=1e-5)
 
 
 def test_expected_calibration_error_known_answers(ex):
