@@ -161,6 +161,12 @@ class PatchConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        if len(tuple(np.atleast_1d(self.kernel_size))) != 2 or jnp.ndim(x) != 4:
+            raise ValueError(
+                "PatchConv is a 2-D convolution of NHWC images: kernel_size must be "
+                f"(height, width) and the input 4-D, got kernel_size={self.kernel_size!r} "
+                f"and an input of shape {jnp.shape(x)}."
+            )
         kh, kw = self.kernel_size
         sh, sw = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
         if isinstance(self.padding, str):

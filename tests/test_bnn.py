@@ -224,6 +224,11 @@ def test_patch_conv_is_flax_conv(kernel_size, strides, padding):
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
 
 
-def test_patch_conv_rejects_other_padding():
+def test_patch_conv_rejects_what_it_does_not_do():
+    key, x = jax.random.PRNGKey(0), jnp.ones((1, 5, 5, 1))
     with pytest.raises(ValueError, match="PatchConv: padding must be"):
-        PatchConv(4, (3, 3), padding="CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 5, 5, 1)))
+        PatchConv(4, (3, 3), padding="CIRCULAR").init(key, x)
+    with pytest.raises(ValueError, match=r"kernel_size must be \(height, width\)"):
+        PatchConv(4, 3).init(key, x)  # nn.Conv would take an int for a 1-D convolution
+    with pytest.raises(ValueError, match=r"an input of shape \(5, 5, 1\)"):
+        PatchConv(4, (3, 3)).init(key, x[0])
