@@ -161,7 +161,7 @@ class PatchConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        if len(tuple(np.atleast_1d(self.kernel_size))) != 2 or jnp.ndim(x) != 4:
+        if np.shape(self.kernel_size) != (2,) or jnp.ndim(x) != 4:
             raise ValueError(
                 "PatchConv is a 2-D convolution of NHWC images: kernel_size must be "
                 f"(height, width) and the input 4-D, got kernel_size={self.kernel_size!r} "
@@ -180,6 +180,9 @@ class PatchConv(nn.Module):
         else:
             pads = tuple(tuple(p) for p in self.padding)
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        # lax.conv_general_dilated_patches would also do, but orders each patch's
+        # features channel first; these slices give nn.Conv's (kh, kw, C_in) order,
+        # so its kernel reshapes without a transpose
         out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
         patches = jnp.concatenate(
             [
