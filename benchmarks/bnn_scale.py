@@ -19,8 +19,8 @@ after many compilations in one process), one after the other, and reports:
   S3HMC's partition;
 - ``gradient``: seconds per gradient of the potential U, timed as in
   ``benchmarks/overhead.py``: many gradients in one jitted ``lax.fori_loop``
-  (as many as fill about ``--loop-seconds``), the fastest of ``--repeats``
-  rounds after a warm-up call;
+  (as many as fill about ``--loop-seconds``, at least 10), the fastest of
+  ``--repeats`` rounds after a warm-up call;
 - for each integrator, one step's time in the same kind of loop divided by the
   time of the gradients of U it evaluates (1 would be free): the gradient's loop
   and every integrator's are called in turn, round after round, and the ratio is
@@ -159,6 +159,13 @@ def _peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
+# a call of a timed loop also pays costs that do not grow with its iterations (XLA
+# allocating and first touching the loop's buffers: 204 MB for LeNet's transition); with
+# 3 iterations a call, LeNet's gradient measured 82 ms and its splitting step 1.28
+# gradients, with 12, 67 ms and 1.18 (2026-12-07), so every loop runs at least this many
+MIN_ITERATIONS = 10
+
+
 def _loop_timer(fn, z, target_s: float, repeats: int) -> tuple[float, int]:
     """Seconds per iteration of ``fn(z, n)`` (n iterations in one jitted loop): the
     fastest of ``repeats`` calls of :func:`_loop_timers`."""
@@ -169,7 +176,8 @@ def _loop_timer(fn, z, target_s: float, repeats: int) -> tuple[float, int]:
 def _loop_timers(fns: dict, z, target_s: float, repeats: int) -> dict:
     """{name: (seconds per iteration in each round, n)} for each ``fn(z, n)`` (n
     iterations in one jitted loop), n chosen per function so that a call takes about
-    ``target_s`` (at least 3), after a compiling call and a calibrating one.
+    ``target_s`` (at least ``MIN_ITERATIONS``), after a compiling call and a calibrating
+    one.
 
     The functions are called in turn, ``repeats`` rounds of one call each, so that
     the ratio of two of them can be taken within a round: this machine's speed
@@ -183,7 +191,7 @@ def _loop_timers(fns: dict, z, target_s: float, repeats: int) -> dict:
         t = time.perf_counter()
         jax.block_until_ready(fn(z, 3))
         per = max((time.perf_counter() - t) / 3, 1e-7)
-        counts[name] = int(max(3, min(100_000, target_s / per)))
+        counts[name] = int(max(MIN_ITERATIONS, min(100_000, target_s / per)))
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -638,7 +646,8 @@ def section(rows: list[dict], cfg: dict, command: str) -> str:
             f"Costs: synthetic inputs ({scale[0]['N']} standard-normal "
             "images, uniform labels over 10 classes). Each network in its own "
             "process. `one gradient` and `step / gradients`: jitted `lax.fori_loop`s as in "
-            f"`benchmarks/overhead.py`, called in turn for {cfg['repeats']} rounds; `one "
+            f"`benchmarks/overhead.py` (at least {MIN_ITERATIONS} iterations a call), called in "
+            f"turn for {cfg['repeats']} rounds; `one "
             "gradient` is the fastest round, `step / gradients` the median over the rounds of "
             "the step's time over the same round's gradients. `compile`: what JAX "
             "reports tracing, lowering and compiling during one `MCMC.run` of S3HMC's defaults "
