@@ -25,8 +25,6 @@ import subprocess
 import sys
 import time
 
-# "S3HMC static": what a user who minds compile time can pass, fixed coordinates (no
-# pilot's program) and the static length (no no-U-turn tree in the sampler's program)
 SAMPLERS = ("S3HMC", "NUTS", "NUTS+reparam", "S3HMC static")
 
 _CHILD = """
