@@ -67,6 +67,26 @@ def _select(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def _kept_apart(i: Array) -> Array:
+    """``i`` unchanged, through a sort of two elements: a loop that holds it is not
+    compiled into one LLVM function.
+
+    XLA's CPU backend (jaxlib 0.11 and later; not 0.10) compiles a while loop that
+    touches few bytes and holds no sort, custom call or other op that needs the
+    runtime into a single LLVM function (its small-while-loop hoisting). Where the
+    loop holds a no-U-turn tree, LLVM's time on that one function grows faster than
+    the tree's code: on the demo's model the transition of ``trajectory="auto"``
+    compiled in 4.6-6.1 s (fresh processes, a busy 2-core machine) with the whole
+    trajectory one function, and in 3.8-5.2 s with :func:`retried`'s loop kept apart
+    and each pass of the trajectory still one function. A loop kept apart runs its
+    kernels one at a time, which costs a small model time: the BNN sine's tree cost
+    10 µs a gradient against 3.1 with the step's loop kept apart, 4.3-4.6 µs with
+    each doubling's, and 5% more with :func:`retried`'s alone, the one kept apart
+    (docs/design.md §6.2).
+    """
+    return jnp.sort(jnp.stack([i, i]))[0]
+
+
 def static(
     rng_key: PRNGKey,
     state,
@@ -549,6 +569,8 @@ def retried(
             flag(multinomial, stage),
             stage == 1,
         )
+        if not isinstance(use_tree, bool) or use_tree:  # compile time, see _kept_apart
+            info = info._replace(num_steps=_kept_apart(info.num_steps))
         low = info.accept_prob < RETRY_BELOW
         retry = (stage == 0) & ~info.accepted & low & (retry_steps > 0)
         if not isinstance(use_tree, bool) or use_tree:
