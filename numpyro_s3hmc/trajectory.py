@@ -71,7 +71,7 @@ def _kept_apart(i: Array) -> Array:
     """``i`` unchanged, through a sort of two elements: a loop that holds it is not
     compiled into one LLVM function.
 
-    XLA's CPU backend (jaxlib 0.11 and later; not 0.10) compiles a while loop that
+    XLA's CPU backend (in jaxlib 0.12.1; not in 0.10.0 or 0.10.2) compiles a while loop that
     touches few bytes and holds no sort, custom call or other op that needs the
     runtime into a single LLVM function (its small-while-loop hoisting). Where the
     loop holds a no-U-turn tree, LLVM's time on that one function grows faster than
@@ -558,6 +558,8 @@ def retried(
     def flag(x, stage):  # a Python bool stays one: a static-only model compiles no tree
         return x if isinstance(x, bool) else x & (stage == 0)
 
+    may_tree = not isinstance(use_tree, bool) or use_tree
+
     def body(c):
         stage, start, size, steps, first, result, energy, total, moved = c
         new, info = attempt(
@@ -569,11 +571,11 @@ def retried(
             flag(multinomial, stage),
             stage == 1,
         )
-        if not isinstance(use_tree, bool) or use_tree:  # compile time, see _kept_apart
+        if may_tree:  # compile time, see _kept_apart
             info = info._replace(num_steps=_kept_apart(info.num_steps))
         low = info.accept_prob < RETRY_BELOW
         retry = (stage == 0) & ~info.accepted & low & (retry_steps > 0)
-        if not isinstance(use_tree, bool) or use_tree:
+        if may_tree:
             retry = retry & ~use_tree
         if not isinstance(multinomial, bool) or multinomial:
             retry = retry & ~multinomial
