@@ -380,7 +380,7 @@ def _locations(model, model_args, model_kwargs, z, row_sites, obs_names):
     return ravel_pytree([{k: locs[k] for k in row_sites}, {k: locs[k] for k in obs_names}])[0]
 
 
-MAX_JACOBIAN = 20_000_000  # entries of one site's dense Jacobian of the means
+MAX_JACOBIAN = 20_000_000  # entries of a dense Jacobian of the means (all sites, or one)
 
 
 def _linear_means(model, model_args, model_kwargs, z0, others, obs_names, zpos0, factor, rng):
@@ -416,22 +416,35 @@ def _linear_means(model, model_args, model_kwargs, z0, others, obs_names, zpos0,
     linear = factor & (dm0 != 0) & (np.abs(dm0 - np.asarray(dm1)) <= tol * (1 + np.abs(dm0)))
     if not linear.any():
         return None
+    # one Jacobian over every site where it fits: one program to compile, not one a
+    # site (the demo's two partitions compiled 5 programs in 0.56 s, against 8 in
+    # 0.92 s); else a site's columns at a time, for the sites a random direction in
+    # the site shows the rows depend on
+    whole = linear.size * x0.size <= MAX_JACOBIAN
+    if whole:
+        block = dataclasses.replace(program, site=(0, int(x0.size)))
+        full = np.asarray(_evaluate(block, model_args, model_kwargs, x0, zpos0))
     rows, cols, vals, offset = [], [], [], 0
     for k in others:
         size = int(np.size(z0[k]))
-        t = np.zeros(x0.shape)
-        t[offset : offset + size] = rng.normal(size=size)
-        dm = dlocs(x0, zpos0, jnp.asarray(t, x0.dtype))
-        if (np.asarray(dm)[linear] != 0).any() and linear.size * size <= MAX_JACOBIAN:
-            block = dataclasses.replace(program, site=(offset, size))
-            jac = np.asarray(_evaluate(block, model_args, model_kwargs, x0, zpos0))
+        if whole:
+            jac = full[:, offset : offset + size]
+        else:
+            t = np.zeros(x0.shape)
+            t[offset : offset + size] = rng.normal(size=size)
+            dm = dlocs(x0, zpos0, jnp.asarray(t, x0.dtype))
+            jac = None
+            if (np.asarray(dm)[linear] != 0).any() and linear.size * size <= MAX_JACOBIAN:
+                block = dataclasses.replace(program, site=(offset, size))
+                jac = np.asarray(_evaluate(block, model_args, model_kwargs, x0, zpos0))
+        if jac is not None:
             jac = np.where(linear[:, None], jac, 0.0)
             r, c = np.nonzero(jac)
             rows.append(r)
             cols.append(c + offset)
             vals.append(jac[r, c])
         offset += size
-    if not rows:
+    if not rows or not sum(r.size for r in rows):
         return None
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 

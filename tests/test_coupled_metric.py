@@ -239,6 +239,38 @@ def test_partition_finds_location_parents_and_data_term():
     assert p.coupling is None and p.param_sites["a"].location_parents == ()
 
 
+@pytest.mark.parametrize("model", [eight_schools, group_regression])
+def test_location_coefficients_site_by_site_as_at_once(model, monkeypatch):
+    """Where one Jacobian of the means is too large, the partition takes them a site
+    at a time: the same coupling and data term, to the bit."""
+    import numpyro_s3hmc.partition as partition
+
+    evaluate, blocks = partition._evaluate, []
+
+    def spy(program, *args):
+        out = evaluate(program, *args)
+        if program.what == "locs" and isinstance(program.site, tuple):
+            blocks.append((program.site, np.shape(out)))
+        return out
+
+    monkeypatch.setattr(partition, "_evaluate", spy)
+    whole = partition_sites(model)
+    [((offset, size), (rows, _))] = blocks  # one Jacobian over every site
+    assert offset == 0
+    blocks.clear()
+    monkeypatch.setattr(partition, "MAX_JACOBIAN", rows * size - 1)
+    by_site = partition_sites(model)
+    assert len(blocks) > 1 and all(s < size for (_, s), _ in blocks)
+    for name in LocationCoupling._fields:
+        np.testing.assert_array_equal(
+            getattr(by_site.coupling, name), getattr(whole.coupling, name), err_msg=name
+        )
+    for name in ("obs", "cols", "b2"):
+        np.testing.assert_array_equal(
+            getattr(by_site.data_term, name), getattr(whole.data_term, name), err_msg=name
+        )
+
+
 # --- exactness -------------------------------------------------------------------
 
 
